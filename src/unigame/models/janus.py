@@ -1,0 +1,352 @@
+"""Adapter for HF `JanusForConditionalGeneration` (the tiny Janus and local Janus-Pro checkpoints).
+
+Everything the game and the evaluation need from a unified model goes through these methods;
+images are float tensors (B, 3, H, W) in [0, 1] and losses are per sample (B,).
+
+Understanding: prompt tokens with image placeholders -> the vision encoder's aligned features
+are written over the placeholders -> Llama -> lm_head. Generation: prompt -> Llama -> generation
+head over VQ codes, one image token per step, with classifier-free guidance. The VQ's continuous
+latent is the L2-normalised `quant_conv` output per token (Janus's codebook is L2-normalised), so
+`decode_latents` is differentiable and accepts any point near the codebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Text around the image and the question; `{image}` becomes the image token block."""
+
+    understanding: str = "{question}\n{image}"
+    generation: str = "{prompt}"
+    image_start: str = "<begin_of_image>"
+    image_end: str = "<end_of_image>"
+    image_token: str = "<image_placeholder>"
+    add_bos: bool = True
+
+
+TINY_PROMPT = PromptFormat()
+# Janus-Pro's own chat layout (deepseek-ai/Janus `VLChatProcessor`, sft_format "deepseek").
+JANUS_PRO_PROMPT = PromptFormat(
+    understanding="<|User|>: {image}\n{question}\n\n<|Assistant|>:",
+    generation="<|User|>: {prompt}\n\n<|Assistant|>:",
+)
+
+
+class JanusAdapter:
+    """The unified-model protocol implemented for `JanusForConditionalGeneration`."""
+
+    def __init__(
+        self,
+        model: JanusForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: PromptFormat = TINY_PROMPT,
+        image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        image_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        config = model.config
+        self.image_size: int = int(config.vision_config.image_size)
+        # Janus-Pro reads and writes the same 24x24 grid; the tiny Janus reads a coarser grid than
+        # it writes (16 vs 64 tokens) to fit a laptop CPU, so the two counts are kept apart.
+        vision = config.vision_config
+        self.num_understanding_tokens: int = (vision.image_size // vision.patch_size) ** 2
+        self.num_image_tokens: int = int(vision.num_image_tokens)
+        self.image_token_id: int = int(config.image_token_id)
+        self.pad_id: int = int(tokenizer.pad_token_id)
+        self.eos_id: int = int(tokenizer.eos_token_id)
+        self.bos_id: int = int(tokenizer.bos_token_id)
+        self._mean = torch.tensor(image_mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(image_std).view(1, 3, 1, 1)
+        self._image_block_ids = self._ids(
+            prompt.image_start + prompt.image_token * self.num_understanding_tokens + prompt.image_end
+        )
+        self._boi_ids = self._ids(prompt.image_start)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> JanusAdapter:
+        """Load a saved Janus (tiny base or a local Janus-Pro directory), offline only."""
+        from transformers import AutoTokenizer, JanusForConditionalGeneration
+
+        path = Path(path)
+        missing = [name for name in ("config.json", "tokenizer_config.json") if not (path / name).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is not a Janus model directory: missing {', '.join(missing)} "
+                "(adapter: JanusAdapter for JanusForConditionalGeneration)"
+            )
+        model = JanusForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return cls(model.to(device).eval(), tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ text helpers
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _understanding_prompt_ids(self, question: str) -> list[int]:
+        before, after = self.prompt.understanding.split("{image}")
+        ids = self._ids(before.format(question=question)) + self._image_block_ids
+        ids += self._ids(after.format(question=question))
+        return ([self.bos_id] if self.prompt.add_bos else []) + ids
+
+    def _pack(
+        self, prompts: list[list[int]], targets: list[list[int]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-pad prompts (so they end together) and right-pad targets after them.
+
+        Returns ids, attention mask, position ids (counting real tokens only) and labels
+        (-100 except on target tokens).
+        """
+        targets = targets or [[] for _ in prompts]
+        width_p = max(len(p) for p in prompts)
+        width_t = max(len(t) for t in targets)
+        batch = len(prompts)
+        ids = torch.full((batch, width_p + width_t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, (p, t) in enumerate(zip(prompts, targets)):
+            start = width_p - len(p)
+            ids[i, start:width_p] = torch.tensor(p)
+            mask[i, start : width_p + len(t)] = 1
+            if t:
+                ids[i, width_p : width_p + len(t)] = torch.tensor(t)
+                labels[i, width_p : width_p + len(t)] = torch.tensor(t)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = self.device
+        return ids.to(device), mask.to(device), positions.to(device), labels.to(device)
+
+    # ------------------------------------------------------------------ understanding
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0,1] pixels -> the vision encoder's input, in torch so gradients reach the pixels."""
+        if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear")
+        return (pixels - self._mean.to(pixels)) / self._std.to(pixels)
+
+    def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0,1] -> (B, N, D_text) aligned visual tokens at the LLM interface."""
+        features = self.model.model.get_image_features(self.normalize_pixels(pixels), return_dict=True)
+        return features.pooler_output  # (B, N, D_text)
+
+    def _embed_with_image(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        embeds = self.model.get_input_embeddings()(ids)  # (B, L, D)
+        image_mask = (ids == self.image_token_id).unsqueeze(-1)  # (B, L, 1)
+        return embeds.masked_scatter(image_mask, tokens.to(embeds.dtype))
+
+    def understanding_loss_from_tokens(
+        self, tokens: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> torch.Tensor:
+        """Per-sample CE (mean over answer tokens incl. EOS) given visual tokens (B, N, D)."""
+        prompts = [self._understanding_prompt_ids(q) for q in questions]
+        targets = [self._ids(a) + [self.eos_id] for a in answers]
+        ids, mask, positions, labels = self._pack(prompts, targets)
+        embeds = self._embed_with_image(ids, tokens)
+        hidden = self.model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).last_hidden_state
+        logits = self.model.lm_head(hidden[:, :-1]).float()  # (B, L-1, V) in fp32 for the loss
+        return _per_sample_ce(logits, labels[:, 1:])
+
+    def understanding_loss(
+        self, pixels: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> torch.Tensor:
+        """Per-sample CE of the answers given images (B,), differentiable w.r.t. the pixels."""
+        return self.understanding_loss_from_tokens(self.visual_tokens(pixels), questions, answers)
+
+    @torch.no_grad()
+    def answer(self, pixels: torch.Tensor, questions: list[str], max_new_tokens: int = 4) -> list[str]:
+        """Greedy answers, batched with a KV cache."""
+        prompts = [self._understanding_prompt_ids(q) for q in questions]
+        return self._greedy(self.visual_tokens(pixels), prompts, max_new_tokens)
+
+    @torch.no_grad()
+    def caption(self, pixels: torch.Tensor, max_new_tokens: int = 32) -> list[str]:
+        """Greedy description of each image (asked with the caption question)."""
+        return self.answer(pixels, [CAPTION_QUESTION] * pixels.shape[0], max_new_tokens)
+
+    def _greedy(self, tokens: torch.Tensor, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        from transformers import DynamicCache
+
+        ids, mask, positions, _ = self._pack(prompts)
+        embeds = self._embed_with_image(ids, tokens)
+        cache = DynamicCache()
+        lm = self.model.model.language_model
+        out_ids = torch.full((ids.shape[0], max_new_tokens), self.pad_id, dtype=torch.long, device=ids.device)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for step in range(max_new_tokens):
+            hidden = lm(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            next_ids = self.model.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
+            next_ids = torch.where(done, torch.full_like(next_ids, self.eos_id), next_ids)
+            out_ids[:, step] = next_ids
+            done |= next_ids == self.eos_id
+            if bool(done.all()):
+                break
+            embeds = self.model.get_input_embeddings()(next_ids[:, None])
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+        texts = []
+        for row in out_ids.tolist():
+            row = row[: row.index(self.eos_id)] if self.eos_id in row else row
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    # ------------------------------------------------------------------ VQ latents
+    def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0,1] -> (B, N, D) continuous latent tokens, each L2-normalised."""
+        vq = self.model.model.vqmodel
+        hidden = vq.quant_conv(vq.encoder(pixels * 2 - 1))  # (B, D, h, w)
+        return F.normalize(hidden.flatten(2).transpose(1, 2), dim=-1)  # (B, N, D)
+
+    def quantize(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) latents -> (B, N) nearest codebook ids (cosine, as the codebook is normalised)."""
+        codebook = F.normalize(self.model.model.vqmodel.quantize.embedding.weight, dim=-1)  # (K, D)
+        return (latents @ codebook.t()).argmax(-1)
+
+    def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
+        codebook = F.normalize(self.model.model.vqmodel.quantize.embedding.weight, dim=-1)
+        return codebook[codes]  # (B, N, D)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) latents -> (B, 3, H, W) pixels in [0,1]; differentiable w.r.t. the latents."""
+        return ((self.decode_latents_raw(latents).float() + 1) / 2).clamp(0, 1)
+
+    def decode_latents_raw(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VQ decoder's own output range (~[-1, 1]), unclamped: what its training loss sees."""
+        vq = self.model.model.vqmodel
+        side = int(round(latents.shape[1] ** 0.5))
+        grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], side, side)  # (B, D, h, w)
+        grid = grid.to(vq.post_quant_conv.weight.dtype)
+        return vq.decoder(vq.post_quant_conv(grid))  # (B, 3, H, W)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_latents(self.codes_to_latents(codes))
+
+    # ------------------------------------------------------------------ generation
+    def _generation_prompt_ids(self, prompt: str) -> list[int]:
+        ids = self._ids(self.prompt.generation.format(prompt=prompt)) + self._boi_ids
+        return ([self.bos_id] if self.prompt.add_bos else []) + ids
+
+    def _unconditional(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Janus's CFG branch: every prompt token except BOS and BOI replaced by padding."""
+        keep = {self.bos_id, *self._boi_ids}
+        return [[t if t in keep else self.pad_id for t in p] for p in prompts]
+
+    def generation_loss(
+        self, pixels: torch.Tensor, prompts: list[str], drop_prompt: float = 0.0
+    ) -> torch.Tensor:
+        """Per-sample teacher-forced CE over the image's VQ codes given the text (B,).
+
+        `drop_prompt` replaces a random fraction of prompts by the unconditional prompt, which
+        trains the branch classifier-free guidance subtracts.
+        """
+        with torch.no_grad():
+            codes = self.quantize(self.encode_latents(pixels))  # (B, N)
+        prompt_ids = [self._generation_prompt_ids(p) for p in prompts]
+        if drop_prompt > 0:
+            drop = (torch.rand(len(prompt_ids)) < drop_prompt).tolist()
+            uncond = self._unconditional(prompt_ids)
+            prompt_ids = [u if d else p for p, u, d in zip(prompt_ids, uncond, drop)]
+        ids, mask, positions, _ = self._pack(prompt_ids)
+        text = self.model.get_input_embeddings()(ids)  # (B, Lp, D)
+        image = self.model.prepare_embeddings_for_image_generation(codes[:, :-1])  # (B, N-1, D)
+        embeds = torch.cat([text, image.to(text.dtype)], dim=1)
+        n = codes.shape[1]
+        mask = torch.cat([mask, torch.ones_like(codes[:, :-1])], dim=1)
+        positions = torch.cat([positions, positions[:, -1:] + torch.arange(1, n, device=ids.device)], dim=1)
+        hidden = self.model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).last_hidden_state
+        logits = self.model.model.generation_head(hidden[:, -n:]).float()  # (B, N, K)
+        return F.cross_entropy(logits.transpose(1, 2), codes, reduction="none").mean(-1)
+
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        prompts: list[str],
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(B, N) VQ codes sampled autoregressively with classifier-free guidance."""
+        from transformers import DynamicCache
+
+        cond = [self._generation_prompt_ids(p) for p in prompts]
+        ids, mask, positions, _ = self._pack(cond + self._unconditional(cond))
+        batch = len(prompts)
+        embeds = self.model.get_input_embeddings()(ids)
+        cache = DynamicCache()
+        lm = self.model.model.language_model
+        codes = torch.zeros(batch, self.num_image_tokens, dtype=torch.long, device=ids.device)
+        for step in range(self.num_image_tokens):
+            hidden = lm(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            logits = self.model.model.generation_head(hidden[:, -1]).float()  # (2B, K)
+            logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])
+            if temperature <= 0:
+                next_codes = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_codes = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            codes[:, step] = next_codes
+            embeds = self.model.prepare_embeddings_for_image_generation(
+                torch.cat([next_codes, next_codes])[:, None]
+            )
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+        return codes
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        prompts: list[str],
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Text-to-image: (B, 3, H, W) pixels in [0,1]."""
+        return self.decode_codes(self.generate_codes(prompts, guidance, temperature, generator))
+
+    # ------------------------------------------------------------------ LoRA
+    def lora_target_modules(self) -> str:
+        """A regex over module names: attention and MLP projections of the language model only.
+
+        A plain ["q_proj", "v_proj"] list would also match the vision encoder's attention.
+        """
+        return r".*language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+
+
+CAPTION_QUESTION = "Describe the image."
+
+
+def _per_sample_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean CE over labelled positions per sample; (B, L, V), (B, L) -> (B,)."""
+    token_ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L)
+    counts = (labels != -100).sum(-1).clamp(min=1)
+    return token_ce.sum(-1) / counts

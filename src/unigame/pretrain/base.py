@@ -1,0 +1,219 @@
+"""`unigame base`: build the embedded default model (tiny Janus + tiny CLIP) and cache it.
+
+Order matters: the tokenizer fixes the vocabulary the model is built with; the VQ must be trained
+before the text-to-image branch, which learns to predict its codes; the CLIP scorer is independent.
+The result is a directory loadable offline with `from_pretrained`:
+
+    <output>/config.json, model.safetensors, tokenizer*   the tiny Janus (JanusForConditionalGeneration)
+    <output>/clip/                                          the tiny CLIPModel scorer + tokenizer
+    <output>/unigame_base.json                              the recipe config, timings and evaluation
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unigame.data.shapes import ShapesConfig
+from unigame.models.tiny_janus import TinyJanusConfig
+
+MANIFEST = "unigame_base.json"
+
+
+@dataclass
+class BaseTraining:
+    """Steps and learning rates of the three pretraining stages.
+
+    Args:
+        vq_steps: VQ autoencoder steps (stage 1).
+        janus_steps: joint understanding + text-to-image steps (stage 2).
+        clip_steps: tiny CLIP contrastive steps (batch 64).
+        batch_size: images per step of the VQ and the joint stage.
+        vq_lr: Adam learning rate of the VQ.
+        janus_lr: AdamW peak learning rate of stage 2 (warm-up then cosine decay).
+        caption_fraction: fraction of understanding items that ask for the whole-scene caption.
+    """
+
+    vq_steps: int = 600
+    janus_steps: int = 1500
+    clip_steps: int = 1000
+    batch_size: int = 32
+    vq_lr: float = 3e-3
+    janus_lr: float = 1e-3
+    caption_fraction: float = 0.25
+
+    def validate(self) -> list[str]:
+        errors = [
+            f"training.{k}={v} must be >= 1"
+            for k, v in asdict(self).items()
+            if k.endswith("_steps") and v < 1
+        ]
+        if self.batch_size < 1:
+            errors.append(f"training.batch_size={self.batch_size} must be >= 1")
+        if not 0.0 <= self.caption_fraction <= 1.0:
+            errors.append(f"training.caption_fraction={self.caption_fraction} must be in [0, 1]")
+        return errors
+
+
+@dataclass
+class BaseConfig:
+    """Recipe of the tiny Janus base.
+
+    Args:
+        seed: seed of every stage (data sampling and weight init).
+        shapes: the ShapesWorld scenes the base is trained on.
+        model: sizes of the tiny Janus.
+        training: steps and learning rates.
+        eval_items: items per evaluation split (clean VQA, NaturalBench-style groups, generation prompts).
+        threads: torch CPU threads (0 = leave torch's default).
+    """
+
+    seed: int = 0
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    model: TinyJanusConfig = field(default_factory=TinyJanusConfig)
+    training: BaseTraining = field(default_factory=BaseTraining)
+    eval_items: int = 300
+    threads: int = 0
+
+    def validate(self) -> None:
+        errors = self.training.validate()
+        if self.shapes.image_size != self.model.image_size:
+            errors.append(
+                f"shapes.image_size={self.shapes.image_size} differs from model.image_size={self.model.image_size}: "
+                "set both to the same value (32 or 64)"
+            )
+        if self.eval_items < 2:
+            errors.append(f"eval_items={self.eval_items} must be >= 2")
+        try:
+            self.model.validate()
+        except ValueError as err:
+            errors.append(str(err).replace("\n", "\n    "))
+        if errors:
+            raise ValueError("Invalid base config:\n  - " + "\n  - ".join(errors))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the weights (not eval size or threads)."""
+        payload = {k: v for k, v in asdict(self).items() if k not in ("eval_items", "threads")}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    """$UNIGAME_CACHE, else $XDG_CACHE_HOME/unigame, else ~/.cache/unigame."""
+    if os.environ.get("UNIGAME_CACHE"):
+        return Path(os.environ["UNIGAME_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unigame"
+
+
+def default_base_path(config: BaseConfig) -> Path:
+    return default_cache_dir() / f"tiny-janus-{config.fingerprint()}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MANIFEST).exists() and (path / "model.safetensors").exists() and (path / "clip").is_dir()
+
+
+def build_base(
+    config: BaseConfig | None = None,
+    output: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train (or reuse from cache) the tiny Janus base and its CLIP scorer; returns the directory."""
+    import torch
+
+    config = config or BaseConfig()
+    config.validate()  # before any work
+    path = Path(output) if output else default_base_path(config)
+    if is_complete(path) and not force:
+        return path
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    from unigame.data.shapes import corpus_texts
+    from unigame.eval.base_eval import evaluate_base
+    from unigame.models.janus import JanusAdapter
+    from unigame.models.text_tokenizer import train_text_tokenizer
+    from unigame.models.tiny_janus import build_tiny_janus
+    from unigame.pretrain.clip import save_tiny_clip, train_tiny_clip
+    from unigame.pretrain.janus import train_janus
+    from unigame.pretrain.vq import train_vq
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    tokenizer = train_text_tokenizer(corpus_texts(4000, config.seed, config.shapes), config.model.vocab_size)
+    model = build_tiny_janus(config.model, seed=config.seed)
+    adapter = JanusAdapter(model, tokenizer)
+    timings["tokenizer_and_build_s"] = time.perf_counter() - start
+
+    stage = time.perf_counter()
+    vq_stats = train_vq(
+        adapter,
+        config.shapes,
+        config.training.vq_steps,
+        config.training.batch_size,
+        config.training.vq_lr,
+        config.seed,
+        progress,
+    )
+    timings["vq_s"] = time.perf_counter() - stage
+
+    stage = time.perf_counter()
+    janus_stats = train_janus(
+        adapter,
+        config.shapes,
+        config.training.janus_steps,
+        config.training.batch_size,
+        config.training.janus_lr,
+        config.training.caption_fraction,
+        seed=config.seed,
+        progress=progress,
+    )
+    timings["janus_s"] = time.perf_counter() - stage
+
+    stage = time.perf_counter()
+    clip = train_tiny_clip(
+        tokenizer,
+        config.shapes,
+        steps=config.training.clip_steps,
+        seed=config.seed,
+        progress=progress,
+    )
+    timings["clip_s"] = time.perf_counter() - stage
+
+    staging = path.with_name(path.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    save_tiny_clip(clip, tokenizer, staging / "clip", config.shapes.image_size)
+
+    stage = time.perf_counter()
+    evaluation = evaluate_base(
+        adapter, config.shapes, config.eval_items, seed=config.seed + 1, progress=progress
+    )
+    timings["eval_s"] = time.perf_counter() - stage
+    timings["total_s"] = time.perf_counter() - start
+
+    manifest: dict[str, Any] = {
+        "config": asdict(config),
+        "fingerprint": config.fingerprint(),
+        "timings": timings,
+        "final_losses": {"vq": vq_stats, "janus": janus_stats},
+        "evaluation": evaluation,
+        "torch_threads": torch.get_num_threads(),
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=list))
+    if path.exists():  # an incomplete earlier attempt, or --force
+        import shutil
+
+        shutil.rmtree(path)
+    staging.rename(path)  # atomic: a half-built base is never mistaken for a complete one
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / MANIFEST).read_text())

@@ -1,0 +1,85 @@
+"""Stage 1 of the base: train the tiny Janus's VQ autoencoder on ShapesWorld renders.
+
+The latent is the L2-normalised `quant_conv` output per token and the codebook is L2-normalised
+too (as in Janus's LlamaGen VQ), so quantisation is a cosine nearest neighbour. Dead codes are
+re-seeded from the batch's latents, which keeps a small codebook fully used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from unigame.data.shapes import ShapesConfig, render, sample_scene
+from unigame.data.shifts import SHIFT_NAMES, apply_shift
+from unigame.models.janus import JanusAdapter
+
+
+def sample_images(
+    rng: np.random.Generator, config: ShapesConfig, n: int, shift_prob: float = 0.0
+) -> torch.Tensor:
+    """(n, 3, H, W) float pixels in [0,1] of freshly sampled scenes, a fraction under shifts."""
+    images = []
+    for _ in range(n):
+        scene = sample_scene(rng, config)
+        if shift_prob and rng.random() < shift_prob:
+            name = SHIFT_NAMES[int(rng.integers(len(SHIFT_NAMES)))]
+            images.append(apply_shift(scene, config, name, rng, strength=float(rng.uniform(0.3, 1.0))))
+        else:
+            images.append(render(scene, config))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+
+
+def train_vq(
+    adapter: JanusAdapter,
+    config: ShapesConfig,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train encoder, quant_conv, codebook, post_quant_conv and decoder; returns final losses."""
+    vq = adapter.model.model.vqmodel
+    vq.train()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(vq.parameters(), lr=lr)
+    codebook = vq.quantize.embedding.weight
+    usage = torch.zeros(codebook.shape[0])
+    stats: dict[str, float] = {}
+    bar = tqdm(range(steps), desc="base: VQ autoencoder", disable=not progress)
+    for step in bar:
+        pixels = sample_images(rng, config, batch_size, shift_prob=0.3)
+        latents = adapter.encode_latents(pixels)  # (B, N, D), unit norm
+        codes = adapter.quantize(latents.detach())  # (B, N)
+        quantized = adapter.codes_to_latents(codes)  # (B, N, D)
+        codebook_loss = F.mse_loss(quantized, latents.detach())
+        commit_loss = F.mse_loss(latents, quantized.detach())
+        straight_through = latents + (quantized - latents).detach()
+        recon = adapter.decode_latents_raw(straight_through)  # (B, 3, H, W) in ~[-1, 1]
+        target = pixels * 2 - 1
+        recon_loss = F.mse_loss(recon, target) + F.l1_loss(recon, target)
+        loss = recon_loss + codebook_loss + 0.25 * commit_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            usage = 0.95 * usage + torch.bincount(codes.flatten(), minlength=usage.numel()).float()
+            dead = usage < 1e-2
+            if step % 20 == 19 and bool(dead.any()):  # re-seed unused codes from current latents
+                flat = latents.detach().flatten(0, 1)
+                pick = torch.randint(0, flat.shape[0], (int(dead.sum()),))
+                codebook[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
+                usage[dead] = 1.0
+        stats = {
+            "recon": recon_loss.item(),
+            "codebook": codebook_loss.item(),
+            "used_codes": float((usage > 1e-2).sum()),
+        }
+        if step % 10 == 0:
+            bar.set_postfix(recon=f"{stats['recon']:.4f}", codes=int(stats["used_codes"]))
+    vq.eval()
+    return stats

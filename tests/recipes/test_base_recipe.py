@@ -1,0 +1,82 @@
+"""`unigame base` end to end on a micro recipe: builds, caches, loads offline, and rejects bad configs."""
+
+import json
+
+import pytest
+import torch
+
+from unigame.cli import main
+from unigame.models.tiny_janus import TinyJanusConfig
+from unigame.pretrain.base import MANIFEST, BaseConfig, BaseTraining, build_base, is_complete
+
+MICRO = BaseConfig(
+    model=TinyJanusConfig(vision_hidden=32, vision_heads=2, text_hidden=32, text_heads=2, text_layers=1),
+    training=BaseTraining(vq_steps=2, janus_steps=2, clip_steps=2, batch_size=4),
+    eval_items=8,
+)
+
+
+@pytest.fixture(scope="module")
+def micro_base(tmp_path_factory):
+    return build_base(MICRO, output=tmp_path_factory.mktemp("base") / "tiny", progress=False)
+
+
+def test_base_is_complete_and_loads_offline(micro_base, monkeypatch):
+    from transformers import CLIPModel, JanusForConditionalGeneration
+
+    from unigame.models.janus import JanusAdapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert is_complete(micro_base)
+    assert (micro_base / "model.safetensors").exists()
+    model = JanusForConditionalGeneration.from_pretrained(micro_base, local_files_only=True)
+    assert model.config.text_config.hidden_size == 32
+    CLIPModel.from_pretrained(micro_base / "clip", local_files_only=True)
+    adapter = JanusAdapter.from_pretrained(micro_base)
+    answers = adapter.answer(torch.rand(2, 3, 32, 32), ["Is there a red circle?", "How many objects are there?"])
+    assert len(answers) == 2
+    manifest = json.loads((micro_base / MANIFEST).read_text())
+    assert {"clean_vqa", "naturalbench", "generation"} <= set(manifest["evaluation"])
+    assert manifest["fingerprint"] == MICRO.fingerprint()
+
+
+def test_cached_base_is_reused_not_rebuilt(micro_base):
+    stamp = (micro_base / "model.safetensors").stat().st_mtime_ns
+    assert build_base(MICRO, output=micro_base, progress=False) == micro_base
+    assert (micro_base / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_fingerprint_tracks_weights_not_eval_size():
+    assert MICRO.fingerprint() == BaseConfig(model=MICRO.model, training=MICRO.training, eval_items=99).fingerprint()
+    assert MICRO.fingerprint() != BaseConfig(model=MICRO.model, training=MICRO.training, seed=1).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--cfg.shapes.max_objects", "0"], "max_objects=0"),
+        (["--cfg.shapes.colours", "[red, pink]"], "pink"),
+        (["--cfg.model.image_size", "48"], "image_size=48"),
+        (["--cfg.training.janus_steps", "0"], "janus_steps=0"),
+    ],
+)
+def test_bad_config_stops_before_any_work(override, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["base", "--output", str(tmp_path / "never"), *override])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_unknown_key_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["base", "--cfg.training.janus_stepz", "5"])
+    assert "janus_stepz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["base"], ["demo"]])
+def test_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out
