@@ -39,9 +39,9 @@ class BaseTraining:
         caption_fraction: fraction of understanding items that ask for the whole-scene caption.
     """
 
-    vq_steps: int = 600
-    janus_steps: int = 1500
-    clip_steps: int = 1000
+    vq_steps: int = 500
+    janus_steps: int = 1100
+    clip_steps: int = 600
     batch_size: int = 32
     vq_lr: float = 3e-3
     janus_lr: float = 1e-3
