@@ -33,7 +33,9 @@ def test_base_is_complete_and_loads_offline(micro_base, monkeypatch):
     assert model.config.text_config.hidden_size == 32
     CLIPModel.from_pretrained(micro_base / "clip", local_files_only=True)
     adapter = JanusAdapter.from_pretrained(micro_base)
-    answers = adapter.answer(torch.rand(2, 3, 32, 32), ["Is there a red circle?", "How many objects are there?"])
+    answers = adapter.answer(
+        torch.rand(2, 3, 32, 32), ["Is there a red circle?", "How many objects are there?"]
+    )
     assert len(answers) == 2
     manifest = json.loads((micro_base / MANIFEST).read_text())
     assert {"clean_vqa", "naturalbench", "generation"} <= set(manifest["evaluation"])
@@ -47,7 +49,10 @@ def test_cached_base_is_reused_not_rebuilt(micro_base):
 
 
 def test_fingerprint_tracks_weights_not_eval_size():
-    assert MICRO.fingerprint() == BaseConfig(model=MICRO.model, training=MICRO.training, eval_items=99).fingerprint()
+    assert (
+        MICRO.fingerprint()
+        == BaseConfig(model=MICRO.model, training=MICRO.training, eval_items=99).fingerprint()
+    )
     assert MICRO.fingerprint() != BaseConfig(model=MICRO.model, training=MICRO.training, seed=1).fingerprint()
 
 
