@@ -12,6 +12,7 @@ latent is the L2-normalised `quant_conv` output per token (Janus's codebook is L
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -288,8 +289,14 @@ class JanusAdapter:
         guidance: float = 3.0,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """(B, N) VQ codes sampled autoregressively with classifier-free guidance."""
+        """(B, N) VQ codes sampled autoregressively with classifier-free guidance.
+
+        `embedding_hook`, when given, maps the image-token embeddings fed back at every step
+        (2B, 1, D) (conditional and unconditional rows) to new ones: UniGame's official-style
+        mining injects the challenger's perturbation here. The text prompt is never hooked.
+        """
         from transformers import DynamicCache
 
         cond = [self._generation_prompt_ids(p) for p in prompts]
@@ -317,7 +324,9 @@ class JanusAdapter:
             codes[:, step] = next_codes
             embeds = self.model.prepare_embeddings_for_image_generation(
                 torch.cat([next_codes, next_codes])[:, None]
-            )
+            )  # (2B, 1, D)
+            if embedding_hook is not None:
+                embeds = embedding_hook(embeds)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
         return codes
@@ -329,9 +338,11 @@ class JanusAdapter:
         guidance: float = 3.0,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Text-to-image: (B, 3, H, W) pixels in [0,1]."""
-        return self.decode_codes(self.generate_codes(prompts, guidance, temperature, generator))
+        """Text-to-image: (B, 3, H, W) pixels in [0,1]; `embedding_hook` as in `generate_codes`."""
+        codes = self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        return self.decode_codes(codes)
 
     # ------------------------------------------------------------------ LoRA
     def lora_target_modules(self) -> str:

@@ -1,0 +1,384 @@
+"""The challenger's three modes and the two ways of mining hard candidates, each a small class picked once.
+
+Adversaries (where the perturbation δ lives; `build_adversary`):
+
+* `DecoderAdversary` — the paper's Eq. 7 (default). z = Enc_G(x) are the generation branch's
+  unit-norm latent tokens (B, N, D); δ = C(z); x̃ = G(z + δ) is a real decoded image; the challenger
+  maximises L_C = CE(U(Enc(x̃), q), a) − λ‖δ‖², the gradient flowing through the frozen decoder G
+  and the frozen vision encoder Enc to δ.
+* `EmbeddingAdversary` — the official code's mode: δ is added to the understanding tokens
+  t = Enc(x) (B, N_u, D_u) and L_C = CE(U(t + δ)) − λ‖δ‖²; no image is ever decoded.
+* `NoiseAdversary` — ablation: a random unit direction per token (`NoisePerturber`), no MLP;
+  only the budget ε is learned.
+
+Miners (where buffer candidates come from; `build_miner`):
+
+* `ChallengeMiner` (`mining: decoder`) — reuses the challenge forward's perturbed input and its
+  per-sample CE: mining costs only the semantic filter.
+* `GenerationMiner` (`mining: official`) — the official code's mining: text-to-image from the
+  question, with the token-space δ injected into the generation embeddings at every
+  autoregressive step; the candidates are the generated images (stored as their VQ latents).
+
+Everything here calls only the `UnifiedModel` protocol methods.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unigame.game.filters import FilterResult, SemanticFilter, SemanticScorer, build_filter
+from unigame.game.perturber import NoisePerturber, Perturber
+from unigame.game.protocol import UnifiedModel
+
+__all__ = [
+    "Attack",
+    "Candidates",
+    "ChallengeMiner",
+    "DecoderAdversary",
+    "EmbeddingAdversary",
+    "GenerationMiner",
+    "NoiseAdversary",
+    "TokenCosineFilter",
+    "TokenKeepAll",
+    "build_adversary",
+    "build_candidate_filter",
+    "build_miner",
+    "tokens_as_stored",
+    "tokens_from_latents",
+]
+
+
+@dataclass
+class Attack:
+    """One challenge forward: the perturbation, the perturbed input, and U's CE on it."""
+
+    delta: Tensor  # (B, N, D) float32 perturbation, ‖δ_t‖ ≤ budget
+    perturbed: Tensor  # (B, N, D) z + δ: what a buffer stores
+    pixels: Tensor | None  # (B, 3, H, W) decoded x̃ in [0, 1]; None for token-space attacks
+    ce: Tensor  # (B,) float32 per-sample CE of U on the perturbed input
+
+    def detach(self) -> Attack:
+        pixels = None if self.pixels is None else self.pixels.detach()
+        return Attack(self.delta.detach(), self.perturbed.detach(), pixels, self.ce.detach())
+
+
+# ------------------------------------------------------------------------------------------ replay
+def tokens_from_latents(adapter: UnifiedModel, latents: Tensor) -> Tensor:
+    """Understanding tokens (K, N_u, D_u) of re-decoded latents z̃ (K, N, D): x̃ = G(z̃), then Enc(x̃).
+
+    G and Enc are frozen, so nothing here records a graph; the understand step then runs these
+    tokens through the language model in one mixed batch with the clean ones.
+    """
+    with torch.no_grad():
+        return adapter.visual_tokens(adapter.decode_latents(latents))
+
+
+def tokens_as_stored(adapter: UnifiedModel, tokens: Tensor) -> Tensor:
+    """Token-space candidates are stored as understanding tokens already."""
+    return tokens
+
+
+# ------------------------------------------------------------------------------------- adversaries
+class Adversary(Protocol):
+    """What the trainer needs from an adversary mode."""
+
+    perturber: nn.Module
+    space: str  # "latent" (decodable VQ latents) or "tokens" (understanding tokens)
+
+    def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor: ...
+
+    def attack(
+        self, adapter: UnifiedModel, clean: Tensor, questions: list[str], answers: list[str]
+    ) -> Attack: ...
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor: ...
+
+
+class DecoderAdversary:
+    """Paper Eq. 7: perturb decodable latents, decode to a real image, attack U through G and Enc."""
+
+    space = "latent"
+
+    def __init__(self, perturber: Perturber) -> None:
+        self.perturber = perturber
+
+    def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor:
+        """z: (B, N, D) float32 latent tokens of the clean images (frozen encoder, no graph)."""
+        with torch.no_grad():
+            return adapter.encode_latents(pixels).float()
+
+    def attack(
+        self, adapter: UnifiedModel, clean: Tensor, questions: list[str], answers: list[str]
+    ) -> Attack:
+        delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
+        perturbed = clean + delta  # (B, N, D) z̃ = z + δ
+        pixels = adapter.decode_latents(perturbed)  # (B, 3, H, W) x̃ = G(z̃), differentiable
+        ce = adapter.understanding_loss(pixels, questions, answers).float()  # (B,) through Enc and U
+        return Attack(delta, perturbed, pixels, ce)
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
+        """Understanding tokens of stored z̃ (re-decoded)."""
+        return tokens_from_latents(adapter, latents)
+
+
+class EmbeddingAdversary:
+    """Official-code style: δ added to the understanding tokens t = Enc(x); nothing is decoded."""
+
+    space = "tokens"
+
+    def __init__(self, perturber: nn.Module) -> None:
+        self.perturber = perturber
+
+    def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor:
+        """t: (B, N_u, D_u) float32 understanding tokens of the clean images (frozen encoder)."""
+        with torch.no_grad():
+            return adapter.visual_tokens(pixels).float()
+
+    def attack(
+        self, adapter: UnifiedModel, clean: Tensor, questions: list[str], answers: list[str]
+    ) -> Attack:
+        delta = self.perturber(clean)  # (B, N_u, D_u) float32
+        perturbed = clean + delta  # (B, N_u, D_u) t̃ = t + δ
+        ce = adapter.understanding_loss_from_tokens(perturbed, questions, answers).float()  # (B,)
+        return Attack(delta, perturbed, None, ce)
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
+        """Stored t̃ are understanding tokens already."""
+        return tokens_as_stored(adapter, latents)
+
+
+class NoiseAdversary(EmbeddingAdversary):
+    """Ablation 'random noise in token space': a `NoisePerturber` (random directions, learned ε only)."""
+
+
+def _probe(adapter: UnifiedModel, pixels: Tensor, space: str) -> Tensor:
+    with torch.no_grad():
+        return adapter.encode_latents(pixels) if space == "latent" else adapter.visual_tokens(pixels)
+
+
+def build_adversary(
+    name: str,
+    adapter: UnifiedModel,
+    sample_pixels: Tensor,
+    *,
+    eps_max: float,
+    eps_init: float,
+    budget: str,
+    hidden: int | None,
+    seed: int,
+) -> DecoderAdversary | EmbeddingAdversary:
+    """The adversary of mode `name`, its perturber sized from one probe of `sample_pixels` (1, 3, H, W).
+
+    `budget: auto` resolves to `absolute` for the decoder's unit-norm VQ latents and to `relative`
+    for understanding tokens, whose norm is far from 1.
+    """
+    classes = {"decoder": DecoderAdversary, "embedding": EmbeddingAdversary, "noise": NoiseAdversary}
+    if name not in classes:
+        raise ValueError(f"game.adversary={name!r} is invalid: allowed {' | '.join(classes)}")
+    space = classes[name].space
+    if budget == "auto":
+        budget = "absolute" if space == "latent" else "relative"
+    dim = int(_probe(adapter, sample_pixels, space).shape[-1])  # D of the perturbed tokens
+    device = sample_pixels.device
+    if name == "noise":
+        perturber: nn.Module = NoisePerturber(eps_max, eps_init, budget, seed=seed)
+    else:
+        width = hidden if hidden is not None else max(dim, 64)
+        perturber = Perturber(dim, width, eps_max, eps_init, budget)
+    return classes[name](perturber.to(device))
+
+
+# --------------------------------------------------------------------------------- token filters
+def _check_tokens(clean: Tensor, candidate: Tensor, texts: Sequence[str]) -> int:
+    if clean.shape != candidate.shape or clean.dim() != 3:
+        raise ValueError(
+            f"clean tokens {tuple(clean.shape)} and candidate tokens {tuple(candidate.shape)} must both be "
+            "(B, N, D) of the same shape."
+        )
+    if len(texts) != clean.shape[0]:
+        raise ValueError(f"got {len(texts)} texts for {clean.shape[0]} candidates.")
+    return clean.shape[0]
+
+
+class TokenCosineFilter:
+    """`cosine` filter for token-space candidates: keep t̃ if mean_t cos(t_t, t̃_t) ≥ threshold.
+
+    Token-space candidates have no image to show a CLIP model; comparing them with their own clean
+    tokens is what the official code's cosine filter does.
+    """
+
+    def __init__(self, threshold: float = 0.9) -> None:
+        self.threshold = float(threshold)
+
+    @torch.no_grad()
+    def __call__(self, clean: Tensor, candidate: Tensor, texts: Sequence[str]) -> FilterResult:
+        _check_tokens(clean, candidate, texts)
+        cos = F.cosine_similarity(clean.float(), candidate.float(), dim=-1).mean(-1)  # (B,)
+        return FilterResult(keep=cos >= self.threshold, scores=cos)
+
+
+class TokenKeepAll:
+    """`none` filter for token-space candidates: keep everything (scores 1)."""
+
+    def __call__(self, clean: Tensor, candidate: Tensor, texts: Sequence[str]) -> FilterResult:
+        batch = _check_tokens(clean, candidate, texts)
+        return FilterResult(
+            keep=torch.ones(batch, dtype=torch.bool, device=candidate.device),
+            scores=torch.ones(batch, device=candidate.device),
+        )
+
+
+def build_candidate_filter(
+    name: str,
+    has_pixels: bool,
+    scorer: SemanticScorer | None,
+    *,
+    clip_threshold: float,
+    clip_calibration: str,
+    clip_margin: float,
+    cosine_threshold: float,
+) -> SemanticFilter:
+    """The semantic filter for the candidates a miner produces: pixel filters for images, token ones otherwise."""
+    if has_pixels:
+        options = {
+            "clip": {"threshold": clip_threshold, "calibration": clip_calibration, "margin": clip_margin},
+            "cosine": {"threshold": cosine_threshold},
+            "none": {},
+        }
+        return build_filter(name, scorer, **options[name])
+    if name == "cosine":
+        return TokenCosineFilter(cosine_threshold)
+    if name == "none":
+        return TokenKeepAll()
+    raise ValueError(
+        f"game.filter={name!r} needs images, but the candidates are understanding tokens; use filter "
+        "cosine or none, or game.mining official."
+    )
+
+
+# ------------------------------------------------------------------------------------------ miners
+@dataclass
+class Candidates:
+    """One mining batch: what the buffer would store, its hardness, and what the filter compares."""
+
+    latents: Tensor  # (B, ...) z̃ (decoder), t̃ (token space) or generated images' VQ latents
+    hardness: Tensor  # (B,) per-sample CE of U on the candidates
+    clean_view: Tensor  # clean pixels (B, 3, H, W) or clean tokens (B, N_u, D_u)
+    candidate_view: Tensor  # candidate pixels or tokens, same layout as clean_view
+    pixels: Tensor | None  # (B, 3, H, W) candidate images when there are any
+
+
+class ChallengeMiner:
+    """`mining: decoder`: the challenge forward's perturbed inputs are the candidates (no extra forward)."""
+
+    def __init__(self, adversary: DecoderAdversary | EmbeddingAdversary) -> None:
+        self.adversary = adversary
+        self.has_pixels = adversary.space == "latent"
+
+    def candidates(
+        self,
+        adapter: UnifiedModel,
+        pixels: Tensor,
+        clean: Tensor,
+        attack: Attack,
+        questions: list[str],
+        answers: list[str],
+    ) -> Candidates:
+        if attack.pixels is not None:
+            return Candidates(attack.perturbed, attack.ce, pixels, attack.pixels, attack.pixels)
+        return Candidates(attack.perturbed, attack.ce, clean, attack.perturbed, None)
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
+        return self.adversary.replay_tokens(adapter, latents)
+
+
+class GenerationMiner:
+    """`mining: official`: text-to-image from the question with δ injected at every generation step.
+
+    The adapter's `generate_images` must accept `embedding_hook`, a callable mapping the embeddings
+    fed at each autoregressive step (B', L, D) to perturbed ones, plus `guidance`, `temperature` and
+    `generator`. The perturber (token space, D = the language model's width) is the one the
+    challenge step trains; mining only reads it.
+    """
+
+    has_pixels = True
+
+    def __init__(
+        self,
+        adversary: EmbeddingAdversary,
+        generator: torch.Generator,
+        guidance: float,
+        temperature: float,
+    ) -> None:
+        self.adversary = adversary
+        self.generator = generator
+        self.guidance = guidance
+        self.temperature = temperature
+
+    @staticmethod
+    def check_adapter(adapter: UnifiedModel) -> None:
+        """Fail at setup when the adapter cannot inject a perturbation into generation."""
+        params = inspect.signature(adapter.generate_images).parameters
+        missing = [p for p in ("embedding_hook", "guidance", "temperature", "generator") if p not in params]
+        if missing:
+            raise TypeError(
+                f"game.mining='official' needs {type(adapter).__name__}.generate_images(..., "
+                f"{', '.join(missing)}=...); add the parameter(s) or use game.mining decoder."
+            )
+
+    def _inject(self, embeds: Tensor) -> Tensor:
+        return embeds + self.adversary.perturber(embeds).to(embeds.dtype)  # (B', L, D)
+
+    @torch.no_grad()
+    def candidates(
+        self,
+        adapter: UnifiedModel,
+        pixels: Tensor,
+        clean: Tensor,
+        attack: Attack,
+        questions: list[str],
+        answers: list[str],
+    ) -> Candidates:
+        images = adapter.generate_images(
+            questions,
+            guidance=self.guidance,
+            temperature=self.temperature,
+            generator=self.generator,
+            embedding_hook=self._inject,
+        )  # (B, 3, H, W)
+        images = images.float()
+        if images.shape[-2:] != pixels.shape[-2:]:
+            images = F.interpolate(images, size=pixels.shape[-2:], mode="bilinear")
+        latents = adapter.encode_latents(images).float()  # (B, N, D) stored and re-decoded on replay
+        hardness = adapter.understanding_loss(images, questions, answers).float()  # (B,)
+        return Candidates(latents, hardness, pixels, images, images)
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
+        """Understanding tokens of stored z̃ (re-decoded)."""
+        return tokens_from_latents(adapter, latents)
+
+
+def build_miner(
+    name: str,
+    adversary: DecoderAdversary | EmbeddingAdversary,
+    adapter: UnifiedModel,
+    generator: torch.Generator,
+    guidance: float,
+    temperature: float,
+) -> ChallengeMiner | GenerationMiner:
+    """The miner of mode `name` (`decoder` or `official`)."""
+    if name == "decoder":
+        return ChallengeMiner(adversary)
+    if name == "official":
+        if adversary.space != "tokens":
+            raise ValueError("game.mining='official' needs a token-space adversary (embedding or noise).")
+        GenerationMiner.check_adapter(adapter)
+        return GenerationMiner(adversary, generator, guidance, temperature)
+    raise ValueError(f"game.mining={name!r} is invalid: allowed decoder | official")

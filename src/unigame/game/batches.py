@@ -1,0 +1,123 @@
+"""A deterministic batch iterator over `VQARecord`s whose position is part of the checkpoint.
+
+Epoch e visits the records in the order `np.random.default_rng([seed, e]).permutation(n)`, in
+full batches (a remainder smaller than a batch is skipped, so every step sees `batch_size`
+items). The position is (epoch, cursor): restoring it continues with exactly the batch an
+uninterrupted run would have drawn next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from unigame.data.records import VQARecord
+
+__all__ = ["Batch", "RecordBatches", "check_records"]
+
+
+@dataclass
+class Batch:
+    """One training batch; `texts` are what the semantic filter compares with (caption, else question)."""
+
+    ids: list[str]
+    pixels: Tensor  # (B, 3, H, W) float in [0, 1]
+    questions: list[str]
+    answers: list[str]
+    texts: list[str]
+
+
+def check_records(records: list[VQARecord]) -> None:
+    """Raise naming the first bad record: a missing or malformed image, or an empty question/answer."""
+    shape = None
+    for record in records:
+        image = record.image
+        if image is None:
+            raise ValueError(f"record {record.id!r} has no decoded image (image is None); load images first.")
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"record {record.id!r} has an image of shape {image.shape} and dtype {image.dtype}; "
+                "expected (H, W, 3) uint8."
+            )
+        if shape is not None and image.shape != shape:
+            raise ValueError(f"record {record.id!r} has image shape {image.shape}, others {shape}.")
+        shape = image.shape
+        if not record.question.strip() or not record.answer.strip():
+            raise ValueError(f"record {record.id!r} has an empty question or answer.")
+
+
+class RecordBatches:
+    """Endless, seeded, resumable batches of records; `state_dict()` is the data position."""
+
+    def __init__(
+        self,
+        records: list[VQARecord],
+        batch_size: int,
+        seed: int,
+        image_size: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not records:
+            raise ValueError("no training records.")
+        if batch_size > len(records):
+            raise ValueError(
+                f"data.batch_size={batch_size} exceeds the {len(records)} training records; "
+                "raise data.train_items or lower data.batch_size."
+            )
+        check_records(records)
+        self.records = records
+        self.batch_size = batch_size
+        self.seed = seed
+        self.image_size = image_size
+        self.device = torch.device(device)
+        self._images = torch.from_numpy(np.stack([r.image for r in records]))  # (n, H, W, 3) uint8
+        self.epoch = 0
+        self.cursor = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+
+    def __iter__(self) -> RecordBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.cursor + self.batch_size > len(self.records):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        index = self._order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return self.batch(index.tolist())
+
+    def batch(self, index: list[int]) -> Batch:
+        """The batch of the records at `index` (used for replay panels too)."""
+        pixels = self._images[index].permute(0, 3, 1, 2).float().div(255.0)  # (B, 3, H, W)
+        if self.image_size is not None and pixels.shape[-1] != self.image_size:
+            pixels = F.interpolate(
+                pixels, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )
+        chosen = [self.records[i] for i in index]
+        return Batch(
+            ids=[r.id for r in chosen],
+            pixels=pixels.to(self.device),
+            questions=[r.question for r in chosen],
+            answers=[r.answer for r in chosen],
+            texts=[r.caption or r.question for r in chosen],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n": len(self.records)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["n"] != len(self.records) or state["seed"] != self.seed:
+            raise ValueError(
+                f"data position was saved for {state['n']} records with seed {state['seed']}, but this run "
+                f"has {len(self.records)} with seed {self.seed}; the data order cannot be resumed."
+            )
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._permutation(self.epoch)

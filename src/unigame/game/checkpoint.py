@@ -1,0 +1,235 @@
+"""One save/resume path for every mode: atomic checkpoint directories in the formats users load.
+
+Layout of `<run>/checkpoints/step-00000100/`:
+
+    lora/                 peft `save_pretrained` (adapter_config.json + adapter_model.safetensors),
+                          loadable by `PeftModel.from_pretrained(base_model, ".../lora")`
+    state.safetensors     every other tensor: perturber, buffer latents and hardness, optimiser
+                          moments, torch RNG and generator states
+    state.json            the rest: step, data position, counters, python/numpy RNG, optimiser
+                          hyper-parameters, buffer metadata, the run's config
+
+Atomicity: everything is written into a hidden sibling `.tmp-step-…`, each file and the directory
+fsync'ed, then renamed into place; `state.json` is written last, and a directory counts as a
+checkpoint only once renamed. Older checkpoints are pruned only after the new one is complete, so
+a crash at any moment leaves the previous checkpoint intact. No pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "LoadedCheckpoint",
+    "capture_rng",
+    "find_latest_checkpoint",
+    "load_checkpoint",
+    "optimizer_state",
+    "resolve_resume",
+    "restore_optimizer",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+_PREFIX = "step-"
+_STATE_JSON = "state.json"
+_STATE_TENSORS = "state.safetensors"
+_LORA_DIR = "lora"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What `load_checkpoint` returns: the checkpoint dir, its tensors and JSON metadata."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def lora_path(self) -> Path:
+        return self.path / _LORA_DIR
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory bottom-up, so the rename commits durable bytes."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    lora_model: nn.Module | None,
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` atomically under `<run_dir>/checkpoints/`; keep the newest `keep`.
+
+    `lora_model` is a peft model (saved with `save_pretrained`); `tensors` go to safetensors
+    (contiguous CPU copies are made here), `meta` to JSON.
+    """
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_PREFIX}{step:08d}"
+    staging = root / f".tmp-{final.name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        if lora_model is not None:
+            lora_model.save_pretrained(str(staging / _LORA_DIR), safe_serialization=True)
+        cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        save_file(cpu, str(staging / _STATE_TENSORS))
+        (staging / _STATE_JSON).write_text(json.dumps(meta, indent=1))  # last: marks the content complete
+        _fsync_tree(staging)
+        if final.exists():  # the same step saved again (e.g. a resumed run's last step): swap atomically
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    for stale in _complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (hidden staging dirs are never complete)."""
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and (p / _STATE_JSON).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+
+def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, or None."""
+    found = _complete_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
+    """`--resume` to a checkpoint dir: None -> None; `auto` -> newest in run_dir (None if none);
+    a checkpoint dir -> itself; a run dir -> its newest checkpoint."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return find_latest_checkpoint(run_dir)
+    path = Path(resume)
+    if (path / _STATE_JSON).is_file():
+        return path
+    latest = find_latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"--resume {resume}: not a checkpoint directory (no {_STATE_JSON}) and no complete checkpoint "
+            f"under {path / CHECKPOINT_DIR}; pass a checkpoint dir, a run dir, or 'auto'."
+        )
+    return latest
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read a checkpoint written by `save_checkpoint` (safetensors + JSON only, no pickle)."""
+    path = Path(path)
+    for name in (_STATE_JSON, _STATE_TENSORS):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {name}")
+    return LoadedCheckpoint(
+        path, load_file(str(path / _STATE_TENSORS)), json.loads((path / _STATE_JSON).read_text())
+    )
+
+
+# ------------------------------------------------------------------------------------- optimisers
+def optimizer_state(
+    optimizer: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimiser's state_dict into safetensors tensors (`prefix.<param>.<name>`) and JSON."""
+    state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
+    """Inverse of `optimizer_state`: rebuild the state_dict and load it."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, name = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for index, slots in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(slots)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# -------------------------------------------------------------------------------------------- RNG
+def capture_rng() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Python, numpy and torch (CPU + every CUDA device) global RNG states, as tensors + JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of `capture_rng`."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))

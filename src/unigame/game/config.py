@@ -1,0 +1,384 @@
+"""`TrainConfig`: every setting of a UniGame (or SFT-baseline) post-training run, in one typed tree.
+
+Layers: these dataclass defaults < a YAML recipe (`--cfg configs/x.yaml`) < command-line overrides
+(`--cfg.game.adversary noise`). jsonargparse reads the "Args:" docstrings as help and rejects
+unknown keys; `TrainConfig.validate()` then checks every range and raises one `ConfigError`
+listing all problems, before any model is loaded.
+
+Defaults are the paper's (arXiv 2511.19413) except where the tiny CPU model needs otherwise; each
+such departure is named in the field's help and in the Janus-Pro recipes that restore the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+from unigame.data.shapes import ShapesConfig
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "GameConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "config_diff",
+]
+
+Adversary = Literal["decoder", "embedding", "noise"]
+Mining = Literal["decoder", "official"]
+FilterName = Literal["clip", "cosine", "none"]
+Calibration = Literal["absolute", "relative_to_clean"]
+Budget = Literal["auto", "absolute", "relative"]
+Precision = Literal["fp32", "bf16"]
+PromptName = Literal["tiny", "janus_pro"]
+
+
+class ConfigError(ValueError):
+    """Every problem of a config at once, one line each: key, received value, allowed values."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid train config:\n  - " + "\n  - ".join(self.errors))
+
+
+@dataclass
+class ModelConfig:
+    """Which unified model is post-trained, where it runs, and its LoRA.
+
+    Args:
+        path: model directory (transformers JanusForConditionalGeneration + tokenizer, loaded
+            offline). None: the cached tiny Janus base (`unigame base` builds it if missing).
+        scorer_path: CLIP/SigLIP directory of the semantic filter. None: `<path>/clip`.
+        prompt: prompt layout: `tiny` (the tiny base) or `janus_pro` (Janus-Pro's chat format).
+        precision: `fp32`, or `bf16`: bf16 autocast with the frozen weights stored in bf16; LoRA,
+            the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2).
+        device: torch device (`cpu`, `cuda`, `cuda:1`).
+        lora_r: LoRA rank (paper 16), >= 1.
+        lora_alpha: LoRA alpha (paper 32), > 0.
+        lora_dropout: LoRA dropout (paper 0.05), in [0, 1).
+    """
+
+    path: str | None = None
+    scorer_path: str | None = None
+    prompt: PromptName = "tiny"
+    precision: Precision = "fp32"
+    device: str = "cpu"
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+
+
+@dataclass
+class DataConfig:
+    """The ShapesWorld training stream.
+
+    Args:
+        train_items: records of the ShapesWorld `train` split, >= 1.
+        split_seed: seed of the split (`build_split("train", train_items, split_seed)`), >= 0.
+        batch_size: items per step, >= 1.
+        image_size: resize images to this side before the model (Janus-Pro: 384); None keeps the
+            rendered size (the tiny base is trained at `shapes.image_size`).
+        shapes: what the scenes contain; must match what the base model was trained on.
+    """
+
+    train_items: int = 2000
+    split_seed: int = 0
+    batch_size: int = 16
+    image_size: int | None = None
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+@dataclass
+class GameConfig:
+    """The two players and what passes between them (paper §3, Algorithm 1, Table 4).
+
+    Args:
+        enabled: true: UniGame; false: the SFT baseline (same loop, LoRA, steps and data order,
+            clean CE only).
+        adversary: where the challenger perturbs: `decoder` (paper Eq. 7: VQ latents decoded to a
+            real image, gradient through decoder and vision encoder), `embedding` (official-code
+            style: understanding-token space), `noise` (random token-space directions, no MLP).
+        mining: where hard candidates come from: `decoder` (the challenge forward's own perturbed
+            input, reused), `official` (text-to-image from the question with the token-space
+            perturbation injected at every generation step; needs adversary embedding or noise).
+        filter: semantic filter of candidates: `clip` (text-image similarity to the caption, else
+            the question), `cosine` (clean vs candidate image features; token cosine for
+            token-space candidates), `none`.
+        clip_threshold: CLIP similarity threshold with `clip_calibration: absolute` (paper 0.6,
+            calibrated for real CLIP ViT).
+        clip_calibration: `absolute` (sim >= clip_threshold) or `relative_to_clean` (sim >= (1 -
+            clip_margin) x the clean image's own sim). Default relative: the tiny CLIP scores a
+            matched caption ~0.98 and a one-attribute-swapped caption ~0.75, so an absolute 0.6
+            would pass candidates whose meaning changed; margin 0.1 puts the bar at ~0.88, between
+            the two.
+        clip_margin: allowed fractional loss of the clean score in `relative_to_clean`, in [0, 1].
+        cosine_threshold: `cosine` filter threshold, in [-1, 1] (paper gives none; 0.9).
+        eps_max: hard bound of the per-token perturbation norm (paper 0.02), > 0.
+        eps_init: initial budget (paper 0.01), strictly inside (0, eps_max): the gate
+            eps_max*sigmoid(s) never reaches either end.
+        budget: `absolute` (||delta_t|| <= eps), `relative` (<= eps*||z_t||), or `auto`: absolute
+            for the decoder's unit-norm VQ latents, relative for understanding tokens (their norm
+            is far from 1, so an absolute 0.02 would be invisible).
+        perturber_hidden: MLP width W of the perturber; None: max(D, 64).
+        reg_lambda: lambda of L_C = CE - lambda*||delta||^2, >= 0 (||delta||^2 summed over a
+            sample's tokens: N*eps^2 at full budget). The paper gives no value; 0.1 keeps the pull
+            on eps gentle (6e-4 at eps 0.01 on the tiny model's 64 tokens) so CE drives the ascent.
+        beta: weight of the hard-sample term, L_U = CE_clean + beta*CE_hard (paper 0.5), >= 0.
+        percentile: tau = this percentile of the mining batch's hardness (paper 60), in [0, 100].
+        buffer: keep mined hard samples in the buffer and replay from it (paper); false: the
+            understand step uses this step's selected candidates directly (Table 4 rows without
+            buffer).
+        capacity: hard-sample buffer size (paper 50), >= 1.
+        replay_batch: buffer items replayed per understand step, >= 1; None: data.batch_size.
+        mine_every: mine every m steps (paper m not fixed; 1 = every step), >= 1.
+        challenge_steps: perturber updates per step (1:1 alternation = 1), >= 1.
+        understand_steps: LoRA updates per step on the same mixed batch, >= 1.
+        generation_guidance: classifier-free guidance of `mining: official`, >= 0.
+        generation_temperature: sampling temperature of `mining: official`, >= 0 (0 = greedy).
+    """
+
+    enabled: bool = True
+    adversary: Adversary = "decoder"
+    mining: Mining = "decoder"
+    filter: FilterName = "clip"
+    clip_threshold: float = 0.6
+    clip_calibration: Calibration = "relative_to_clean"
+    clip_margin: float = 0.1
+    cosine_threshold: float = 0.9
+    eps_max: float = 0.02
+    eps_init: float = 0.01
+    budget: Budget = "auto"
+    perturber_hidden: int | None = None
+    reg_lambda: float = 0.1
+    beta: float = 0.5
+    percentile: float = 60.0
+    buffer: bool = True
+    capacity: int = 50
+    replay_batch: int | None = None
+    mine_every: int = 1
+    challenge_steps: int = 1
+    understand_steps: int = 1
+    generation_guidance: float = 3.0
+    generation_temperature: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    """Both players' optimisers (AdamW) and the run length.
+
+    Args:
+        steps: training steps (one batch each), >= 1.
+        gen_lr: perturber learning rate (paper 5e-3), > 0.
+        und_lr: LoRA learning rate, > 0. Paper 2e-5 (kept in the Janus-Pro recipes). The tiny
+            recipe uses 1e-3: LoRA B starts at 0 and AdamW moves it ~lr per step, so after 300
+            steps 2e-5 changes the tiny model's 0.1-scale weights by ~1e-3 (nothing), 1e-3 by ~0.1.
+        weight_decay: AdamW weight decay of both players, >= 0.
+        grad_clip: max gradient norm of each player (0 = off), >= 0.
+    """
+
+    steps: int = 300
+    gen_lr: float = 5e-3
+    und_lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LoggingConfig:
+    """What the run writes besides weights.
+
+    Args:
+        log_every: write metrics every n steps (attack success rate is measured on these), >= 1.
+        checkpoint_every: save a checkpoint every n steps (0 = only at the end), >= 0.
+        keep_checkpoints: complete checkpoints kept in the run dir (oldest removed), >= 1.
+        tensorboard: also write TensorBoard event files under `<run>/tb`.
+        plots: write PNG plots (eps curve, the two players' losses) and hard-sample panels at the end.
+        panel_items: hard samples drawn in the panel PNG, >= 0.
+        progress: show a progress bar.
+    """
+
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    plots: bool = True
+    panel_items: int = 8
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """One UniGame (or SFT-baseline) post-training run.
+
+    Args:
+        seed: seed of LoRA and perturber init, dropout and replay sampling, >= 0.
+        model: the unified model, its device, precision and LoRA.
+        data: the ShapesWorld training stream.
+        game: the challenger, the filter, the buffer (game.enabled false = SFT baseline).
+        optim: run length and both players' optimisers.
+        logging: metrics, checkpoints, plots.
+    """
+
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    game: GameConfig = field(default_factory=GameConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def errors(self) -> list[str]:
+        """Every problem, one line each naming the key, the value received and what is allowed."""
+        return _errors(self)
+
+    def validate(self) -> TrainConfig:
+        """Raise `ConfigError` listing all problems; return self when there are none."""
+        problems = self.errors()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON/YAML-able dict (tuples become lists)."""
+        return _plain(asdict(self))
+
+
+# ----------------------------------------------------------------------------------- validation
+def _check(errors: list[str], key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        errors.append(f"{key}={value!r} is invalid: allowed {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _errors(cfg: TrainConfig) -> list[str]:
+    errors: list[str] = []
+
+    def ge(key: str, v: Any, lo: int) -> None:
+        _check(errors, key, v, _is_int(v) and v >= lo, f"an int >= {lo}")
+
+    def num(key: str, v: Any, ok: Any, allowed: str) -> None:
+        _check(errors, key, v, _is_number(v) and bool(ok(v)), allowed)
+
+    def choice(key: str, v: Any, literal: Any) -> None:
+        options = get_args(literal)
+        _check(errors, key, v, v in options, " | ".join(options))
+
+    ge("seed", cfg.seed, 0)
+
+    m = cfg.model
+    choice("model.prompt", m.prompt, PromptName)
+    choice("model.precision", m.precision, Precision)
+    _check(errors, "model.device", m.device, _valid_device(m.device), "cpu, cuda, cuda:N, mps, xpu")
+    ge("model.lora_r", m.lora_r, 1)
+    num("model.lora_alpha", m.lora_alpha, lambda v: v > 0, "a number > 0")
+    num("model.lora_dropout", m.lora_dropout, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+    d = cfg.data
+    ge("data.train_items", d.train_items, 1)
+    ge("data.split_seed", d.split_seed, 0)
+    ge("data.batch_size", d.batch_size, 1)
+    if d.image_size is not None:
+        ge("data.image_size", d.image_size, 8)
+    try:
+        d.shapes.validate()
+    except ValueError as err:
+        errors.append("data.shapes: " + str(err).replace("\n", "\n    "))
+
+    g = cfg.game
+    _check(errors, "game.enabled", g.enabled, isinstance(g.enabled, bool), "true | false")
+    _check(errors, "game.buffer", g.buffer, isinstance(g.buffer, bool), "true | false")
+    choice("game.adversary", g.adversary, Adversary)
+    choice("game.mining", g.mining, Mining)
+    choice("game.filter", g.filter, FilterName)
+    choice("game.clip_calibration", g.clip_calibration, Calibration)
+    choice("game.budget", g.budget, Budget)
+    num("game.clip_threshold", g.clip_threshold, lambda v: -1 <= v <= 1, "a number in [-1, 1]")
+    num("game.clip_margin", g.clip_margin, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    num("game.cosine_threshold", g.cosine_threshold, lambda v: -1 <= v <= 1, "a number in [-1, 1]")
+    num("game.eps_max", g.eps_max, lambda v: v > 0, "a number > 0 (paper 0.02)")
+    if _is_number(g.eps_max) and g.eps_max > 0:
+        num(
+            "game.eps_init",
+            g.eps_init,
+            lambda v: 0 < v < g.eps_max,
+            f"a number strictly inside (0, game.eps_max={g.eps_max}) (paper 0.01)",
+        )
+    if g.perturber_hidden is not None:
+        ge("game.perturber_hidden", g.perturber_hidden, 1)
+    num("game.reg_lambda", g.reg_lambda, lambda v: v >= 0, "a number >= 0")
+    num("game.beta", g.beta, lambda v: v >= 0, "a number >= 0 (paper 0.5)")
+    num("game.percentile", g.percentile, lambda v: 0 <= v <= 100, "a number in [0, 100] (paper 60)")
+    ge("game.capacity", g.capacity, 1)
+    if g.replay_batch is not None:
+        ge("game.replay_batch", g.replay_batch, 1)
+    ge("game.mine_every", g.mine_every, 1)
+    ge("game.challenge_steps", g.challenge_steps, 1)
+    ge("game.understand_steps", g.understand_steps, 1)
+    num("game.generation_guidance", g.generation_guidance, lambda v: v >= 0, "a number >= 0")
+    num("game.generation_temperature", g.generation_temperature, lambda v: v >= 0, "a number >= 0")
+    if g.mining == "official" and g.adversary == "decoder":
+        errors.append(
+            "game.mining='official' with game.adversary='decoder' is invalid: official mining injects "
+            "the token-space perturbation into generation embeddings; use adversary embedding or noise"
+        )
+    if g.filter == "clip" and g.mining == "decoder" and g.adversary in ("embedding", "noise"):
+        errors.append(
+            f"game.filter='clip' with game.adversary={g.adversary!r} and mining 'decoder' is invalid: "
+            "token-space candidates have no image to score; use filter cosine or none, or mining official"
+        )
+
+    o = cfg.optim
+    ge("optim.steps", o.steps, 1)
+    num("optim.gen_lr", o.gen_lr, lambda v: v > 0, "a number > 0 (paper 5e-3)")
+    num("optim.und_lr", o.und_lr, lambda v: v > 0, "a number > 0 (paper 2e-5)")
+    num("optim.weight_decay", o.weight_decay, lambda v: v >= 0, "a number >= 0")
+    num("optim.grad_clip", o.grad_clip, lambda v: v >= 0, "a number >= 0 (0 = off)")
+
+    lg = cfg.logging
+    ge("logging.log_every", lg.log_every, 1)
+    ge("logging.checkpoint_every", lg.checkpoint_every, 0)
+    ge("logging.keep_checkpoints", lg.keep_checkpoints, 1)
+    ge("logging.panel_items", lg.panel_items, 0)
+    return errors
+
+
+def _valid_device(device: Any) -> bool:
+    if not isinstance(device, str):
+        return False
+    kind, _, index = device.partition(":")
+    return kind in ("cpu", "cuda", "mps", "xpu") and (index == "" or index.isdigit())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two `TrainConfig.to_dict()` trees, as 'key: a -> b'."""
+    lines: list[str] = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return lines
+
+
+def field_names(cls: type) -> list[str]:
+    """The dataclass's field names (used by tests to check every field has help text)."""
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,78 @@
+"""The `train` entry point: config in, a trained LoRA + perturber, logs, plots and checkpoints out.
+
+The lead wires `train` into `unigame.cli` (jsonargparse `auto_cli`); it can also be called from
+Python. Config errors (unknown keys, out-of-range values) stop it before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from unigame.game.checkpoint import resolve_resume
+from unigame.game.config import TrainConfig
+
+__all__ = ["default_run_dir", "load_recipe", "train"]
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """`runs/<unigame|sft>-<adversary>-<YYYYmmdd-HHMMSS>` in the working directory."""
+    mode = f"unigame-{cfg.game.adversary}" if cfg.game.enabled else "sft"
+    return Path("runs") / f"{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    cfg: TrainConfig = TrainConfig(),  # noqa: B008 - jsonargparse reads the default from the signature
+    resume: str | None = None,
+    output: str | None = None,
+) -> None:
+    """Post-train a unified model with UniGame (or the SFT baseline: --cfg.game.enabled false).
+
+    Recipes: --cfg configs/shapes_tiny_unigame.yaml; override any key: --cfg.game.adversary noise.
+
+    Args:
+        cfg: the run's configuration (model, data, game, optim, logging).
+        resume: continue a run: a checkpoint directory, a run directory (its newest checkpoint), or
+            `auto` (the newest checkpoint in --output; a fresh start if there is none).
+        output: run directory for metrics.csv, tb/, plots/ and checkpoints/ (default
+            runs/<mode>-<timestamp>; with --resume PATH, the checkpoint's run directory).
+    """
+    from unigame.game.trainer import UniGameTrainer
+
+    cfg.validate()  # every config error at once, before anything is loaded
+    if resume == "auto" and output is None:
+        raise ValueError("--resume auto needs --output (the run directory to look in).")
+    run_dir = Path(output) if output is not None else None
+    if run_dir is None and resume is not None:
+        run_dir = _run_dir_of(Path(resume))
+    run_dir = run_dir or default_run_dir(cfg)
+    checkpoint = resolve_resume(resume, run_dir)
+    if resume == "auto" and checkpoint is None:
+        print(f"--resume auto: no complete checkpoint in {run_dir}; starting fresh.")
+
+    trainer = UniGameTrainer(cfg, run_dir)
+    try:
+        trainer.setup(resume=checkpoint)
+        trainer.train()
+        path = trainer.save_checkpoint()
+        trainer.write_report()
+        print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
+    finally:
+        trainer.cleanup()
+
+
+def _run_dir_of(resume: Path) -> Path:
+    """A checkpoint dir `<run>/checkpoints/step-N` belongs to `<run>`; anything else is a run dir."""
+    if resume.parent.name == "checkpoints":
+        return resume.parent.parent
+    return resume
+
+
+def load_recipe(path: str | Path) -> TrainConfig:
+    """Read a YAML recipe exactly as `train --cfg PATH` does (unknown keys are errors), validated."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(TrainConfig, "cfg")
+    namespace = parser.parse_args(["--cfg", str(path)])
+    return parser.instantiate(namespace).cfg.validate()

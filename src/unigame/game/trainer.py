@@ -1,0 +1,614 @@
+"""`UniGameTrainer`: UniGame self-adversarial post-training (arXiv 2511.19413, Algorithm 1), and the
+SFT baseline as the same loop with the game off.
+
+Two players share one model. The challenger C (a small perturber, AdamW gen_lr) ascends
+L_C = CE(U(x̃), a) − λ‖δ‖²; the understanding branch U (LoRA on the language model only, AdamW
+und_lr) descends L_U = CE_clean + β·CE_hard. Everything else (vision encoder, VQ, generation
+head) is frozen. `train()` is the algorithm; read it top to bottom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from unigame.data.records import VQARecord
+from unigame.game.adversary import (
+    Attack,
+    ChallengeMiner,
+    DecoderAdversary,
+    EmbeddingAdversary,
+    GenerationMiner,
+    build_adversary,
+    build_candidate_filter,
+    build_miner,
+)
+from unigame.game.batches import Batch, RecordBatches
+from unigame.game.buffer import HardSampleBuffer, MineStats, percentile_threshold
+from unigame.game.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    optimizer_state,
+    restore_optimizer,
+    restore_rng,
+    save_checkpoint,
+)
+from unigame.game.config import TrainConfig, config_diff
+from unigame.game.filters import SemanticFilter, SemanticScorer
+from unigame.game.perturber import perturbation_regulariser
+from unigame.game.protocol import UnifiedModel, check_unified_model
+from unigame.game.run_logging import MetricsLogger, hard_sample_panel, plot_training_curves
+
+__all__ = ["METRICS", "HardBatch", "UniGameTrainer", "attach_lora"]
+
+# Per-step metrics, in CSV column order. ce_hard is the replayed buffer batch (or, with the buffer
+# off, this step's selected candidates); attack_success_rate is measured every logging.log_every.
+METRICS: tuple[str, ...] = (
+    "loss_understand",
+    "ce_clean",
+    "ce_hard",
+    "ce_adv",
+    "loss_challenge",
+    "reg",
+    "eps",
+    "buffer_size",
+    "filter_pass_rate",
+    "tau",
+    "mined",
+    "attack_success_rate",
+    "nonfinite_steps",
+    "step_seconds",
+)
+
+
+@dataclass
+class HardBatch:
+    """Hard samples for the understand step: stored latents (re-decoded on replay) and their text."""
+
+    latents: Tensor  # (K, ...) z̃ or t̃
+    questions: list[str]
+    answers: list[str]
+
+
+def attach_lora(
+    model: nn.Module, target_modules: str | list[str], r: int, alpha: float, dropout: float
+) -> nn.Module:
+    """Freeze every weight, then inject LoRA (peft) into `target_modules`, in place; return the PeftModel.
+
+    The adapter keeps calling its own module tree, which now holds the LoRA layers; the PeftModel is
+    what `save_pretrained` writes (loadable by `PeftModel.from_pretrained`).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model.requires_grad_(False)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none"
+    )
+    with warnings.catch_warnings():
+        # Workaround: peft 0.21 calls transformers' deprecated `is_gradient_checkpointing` (a FutureWarning
+        # on every run); drop this filter once peft uses `is_activation_checkpointing`.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
+    if not any(p.requires_grad for p in peft_model.parameters()):
+        raise ValueError(f"lora_target_modules() = {target_modules!r} matched no module of the model.")
+    return peft_model
+
+
+class UniGameTrainer:
+    """UniGame (game.enabled) or the SFT baseline (not), with one state, one checkpoint path, one loop.
+
+    Args:
+        cfg: the run's config (validated here, before anything loads).
+        run_dir: where metrics, plots, panels and checkpoints go.
+        adapter: a `UnifiedModel`; None loads `cfg.model.path` (a Janus directory).
+        scorer: the semantic filter's scorer; None loads `cfg.model.scorer_path` when the filter needs one.
+        records: training records; None builds ShapesWorld `train` from `cfg.data`.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        adapter: UnifiedModel | None = None,
+        scorer: SemanticScorer | None = None,
+        records: list[VQARecord] | None = None,
+    ) -> None:
+        self.cfg = cfg.validate()
+        self.run_dir = Path(run_dir)
+        self.adapter = adapter
+        self.scorer = scorer
+        self.records = records
+        self.step = 0  # completed steps
+        self.nonfinite_steps = 0
+        self.adversary: DecoderAdversary | EmbeddingAdversary | None = None
+        self.miner: ChallengeMiner | GenerationMiner | None = None
+        self.filter: SemanticFilter | None = None
+        self.buffer: HardSampleBuffer | None = None
+        self.opt_challenger: torch.optim.Optimizer | None = None
+        self.logger: MetricsLogger | None = None
+        self._last_selection: HardBatch | None = None  # buffer off: this step's selected candidates
+        self._progress: Any = None
+
+    # =================================================================================== setup
+    def setup(self, resume: str | Path | None = None) -> None:
+        """Build everything in dependency order, then restore `resume` (a checkpoint dir) if given."""
+        cfg, game = self.cfg, self.cfg.game
+        self.device = torch.device(cfg.model.device)
+        self.bf16 = cfg.model.precision == "bf16"
+        # Seeds first: LoRA's and the perturber's initial weights draw from torch's global RNG, so
+        # the SFT baseline and UniGame start from identical LoRA weights.
+        _seed_everything(cfg.seed)
+
+        # 1. The model. Everything below sizes itself from it.
+        model_path = None
+        if self.adapter is None:
+            from unigame.game.loading import load_adapter, resolve_model_path
+
+            model_path = resolve_model_path(cfg.model)
+            self.adapter = load_adapter(cfg.model, model_path)
+        check_unified_model(self.adapter)
+        self.adapter.model.to(self.device)
+
+        # 2. LoRA on the language model only; every other weight frozen.
+        self.peft_model = attach_lora(
+            self.adapter.model,
+            self.adapter.lora_target_modules(),
+            cfg.model.lora_r,
+            cfg.model.lora_alpha,
+            cfg.model.lora_dropout,
+        )
+        self.adapter.model.eval()  # no dropout in the frozen parts...
+        for name, module in self.peft_model.named_modules():
+            if name.endswith("lora_dropout"):
+                module.train()  # ...but LoRA's own dropout (paper 0.05) is on while training
+        self.lora_parameters = [p for p in self.peft_model.parameters() if p.requires_grad]
+        if self.bf16:  # frozen weights never update, so they need no fp32 master copy
+            for p in self.peft_model.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
+
+        # 3. Data: the batch iterator's position is part of the checkpoint.
+        if self.records is None:
+            from unigame.data.splits import build_split
+
+            self.records = build_split("train", cfg.data.train_items, cfg.data.split_seed, cfg.data.shapes)
+        self.batches = RecordBatches(
+            self.records, cfg.data.batch_size, cfg.data.split_seed, cfg.data.image_size, self.device
+        )
+        self._record_index = {r.id: i for i, r in enumerate(self.records)}
+        probe = self.batches.batch([0]).pixels  # (1, 3, H, W): sizes the perturber and checks image size
+        self._check_image_size(probe)
+
+        # 4. The game. The perturber needs the latent width, so it is built after the adapter.
+        if game.enabled:
+            with self._autocast():
+                self.adversary = build_adversary(
+                    game.adversary,
+                    self.adapter,
+                    probe,
+                    eps_max=game.eps_max,
+                    eps_init=game.eps_init,
+                    budget=game.budget,
+                    hidden=game.perturber_hidden,
+                    seed=cfg.seed,
+                )
+            self.perturber = self.adversary.perturber
+            self.generation_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
+            self.miner = build_miner(
+                game.mining,
+                self.adversary,
+                self.adapter,
+                self.generation_generator,
+                game.generation_guidance,
+                game.generation_temperature,
+            )
+            if self.scorer is None and game.filter != "none" and self.miner.has_pixels:
+                from unigame.game.loading import load_scorer, resolve_model_path
+
+                self.scorer = load_scorer(cfg.model, model_path or resolve_model_path(cfg.model))
+            self.filter = build_candidate_filter(
+                game.filter,
+                self.miner.has_pixels,
+                self.scorer,
+                clip_threshold=game.clip_threshold,
+                clip_calibration=game.clip_calibration,
+                clip_margin=game.clip_margin,
+                cosine_threshold=game.cosine_threshold,
+            )
+            self.buffer = HardSampleBuffer(game.capacity) if game.buffer else None
+            self.challenger_parameters = [p for p in self.perturber.parameters() if p.requires_grad]
+            self.opt_challenger = torch.optim.AdamW(
+                self.challenger_parameters, lr=cfg.optim.gen_lr, weight_decay=cfg.optim.weight_decay
+            )
+        self.replay_generator = torch.Generator().manual_seed(cfg.seed + 1)  # CPU: the buffer samples on CPU
+
+        # 5. The understanding player's optimiser.
+        self.opt_understand = torch.optim.AdamW(
+            self.lora_parameters, lr=cfg.optim.und_lr, weight_decay=cfg.optim.weight_decay
+        )
+
+        # 6. Restore a checkpoint (after everything exists), then open the logs at its step.
+        resumed_step = self.load_checkpoint(resume) if resume is not None else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = MetricsLogger(self.run_dir, METRICS, cfg.logging.tensorboard, resumed_step)
+        self._write_config()
+
+    def _check_image_size(self, probe: Tensor) -> None:
+        expected = getattr(self.adapter, "image_size", None)
+        if isinstance(expected, int) and probe.shape[-1] != expected:
+            raise ValueError(
+                f"the model reads {expected} px images but the data gives {probe.shape[-1]} px; "
+                f"set data.image_size {expected}."
+            )
+
+    # =================================================================================== train
+    def train(self, until_step: int | None = None) -> None:
+        """Run steps until `optim.steps` (or `until_step`, to simulate an interruption in tests).
+
+        One step is Algorithm 1's loop body: the challenger moves, hard samples are mined, then the
+        understanding player moves. With the game off only the understand step runs, on clean CE.
+        """
+        cfg, game = self.cfg, self.cfg.game
+        last = cfg.optim.steps if until_step is None else min(until_step, cfg.optim.steps)
+        self._open_progress(last)
+        while self.step < last:
+            start = time.perf_counter()
+            batch = next(self.batches)  # Alg. 1 l.2: sample (x, q, a) from the data
+            metrics: dict[str, float] = {}
+            with self._autocast():
+                # Alg. 1 l.3: clean understanding tokens Enc(x); Enc is frozen, so computed once.
+                clean_tokens = self.adapter.visual_tokens(batch.pixels)  # (B, N_u, D_u)
+                self._last_selection = None
+                if game.enabled:
+                    # Alg. 1 l.4-6, challenge step: C ascends L_C = CE(U(Enc(G(z + C(z)))), a) − λ‖δ‖².
+                    clean = self.adversary.clean(self.adapter, batch.pixels)  # (B, N, D) z
+                    attack = self.challenge_step(batch, clean, metrics)
+                    if attack is None:
+                        self._skip_step(metrics, start)
+                        continue
+                    if self.step % cfg.logging.log_every == 0:
+                        metrics["attack_success_rate"] = self.attack_success_rate(batch, attack)
+                    # Alg. 1 l.7-9, every m steps: mine hard, faithful candidates into the buffer B.
+                    if self.step % game.mine_every == 0:
+                        self.mine(batch, clean, attack, metrics)
+                # Alg. 1 l.10-12, understand step: LoRA descends L_U = CE_clean + β·CE_hard.
+                if not self.understand_step(batch, clean_tokens, metrics):
+                    self._skip_step(metrics, start)
+                    continue
+            self.step += 1
+            self._end_step(metrics, start)
+
+    def challenge_step(self, batch: Batch, clean: Tensor, metrics: dict[str, float]) -> Attack | None:
+        """Update the perturber by ascent on L_C; return the (last) forward's detached attack, or None
+        when L_C is not finite (nothing is updated then)."""
+        game, grad_clip = self.cfg.game, self.cfg.optim.grad_clip
+        attack = None
+        for _ in range(game.challenge_steps):
+            attack = self.adversary.attack(self.adapter, clean, batch.questions, batch.answers)
+            reg = perturbation_regulariser(attack.delta)  # ‖δ‖² per sample, fp32
+            loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
+            if not torch.isfinite(loss_challenge):
+                return None
+            self.opt_challenger.zero_grad(set_to_none=True)
+            # Ascent; `inputs=` keeps this backward out of LoRA's gradients (U does not move here).
+            (-loss_challenge).backward(inputs=self.challenger_parameters)
+            if not self._clip_is_finite(self.challenger_parameters, grad_clip):
+                return None
+            self.opt_challenger.step()
+        metrics.update(
+            ce_adv=float(attack.ce.detach().mean()),
+            loss_challenge=float(loss_challenge.detach()),
+            reg=float(reg.detach()),
+            eps=self.perturber.eps,
+        )
+        return attack.detach()
+
+    def mine(self, batch: Batch, clean: Tensor, attack: Attack, metrics: dict[str, float]) -> MineStats:
+        """Filter the candidates, set τ = percentile of H, keep H ≥ τ and faithful: push z̃ to B
+        (or, buffer off, hand them to this step's understand step)."""
+        game = self.cfg.game
+        candidates = self.miner.candidates(
+            self.adapter, batch.pixels, clean, attack, batch.questions, batch.answers
+        )  # reuses the challenge forward's x̃ and H when mining: decoder
+        passed = self.filter(candidates.clean_view, candidates.candidate_view, batch.texts).keep  # (B,)
+        hardness = candidates.hardness  # (B,) per-sample CE
+        if self.buffer is not None:
+            payload = [{"question": q, "answer": a} for q, a in zip(batch.questions, batch.answers)]
+            stats = self.buffer.mine(
+                candidates.latents, hardness, passed, batch.ids, payload, percentile=game.percentile
+            )
+        else:
+            tau = percentile_threshold(hardness, game.percentile)
+            chosen = (passed.cpu() & (hardness.cpu() >= tau)).nonzero().flatten().tolist()
+            if chosen:
+                self._last_selection = HardBatch(
+                    candidates.latents[chosen],
+                    [batch.questions[i] for i in chosen],
+                    [batch.answers[i] for i in chosen],
+                )
+            n_passed = int(passed.sum())
+            stats = MineStats(tau, int((hardness >= tau).sum()), n_passed, len(chosen), len(chosen))
+        metrics.update(
+            filter_pass_rate=stats.n_passed_filter / len(batch.ids), tau=stats.tau, mined=stats.n_pushed
+        )
+        return stats
+
+    def understand_step(self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float]) -> bool:
+        """Update LoRA by descent on L_U = CE_clean + β·CE_hard over one mixed batch; False when L_U
+        is not finite. Clean and hard items go through the language model together."""
+        cfg = self.cfg
+        hard = self.hard_batch() if cfg.game.enabled else None
+        tokens, questions, answers = clean_tokens, batch.questions, batch.answers  # (B, N_u, D_u)
+        if hard is not None:
+            hard_tokens = self.miner.replay_tokens(self.adapter, hard.latents)  # (K, N_u, D_u), frozen G/Enc
+            tokens = torch.cat([clean_tokens, hard_tokens.to(clean_tokens.dtype)])  # (B+K, N_u, D_u)
+            questions, answers = questions + hard.questions, answers + hard.answers
+        n_clean = clean_tokens.shape[0]
+        for _ in range(cfg.game.understand_steps):  # the SFT baseline makes as many LoRA updates
+            ce = self.adapter.understanding_loss_from_tokens(tokens, questions, answers).float()  # (B+K,)
+            ce_clean, ce_hard = ce[:n_clean], ce[n_clean:]
+            loss_understand = ce_clean.mean()
+            if hard is not None:
+                loss_understand = loss_understand + cfg.game.beta * ce_hard.mean()
+            if not torch.isfinite(loss_understand):
+                return False
+            self.opt_understand.zero_grad(set_to_none=True)
+            loss_understand.backward()
+            if not self._clip_is_finite(self.lora_parameters, cfg.optim.grad_clip):
+                return False
+            self.opt_understand.step()
+        metrics.update(
+            loss_understand=float(loss_understand.detach()), ce_clean=float(ce_clean.detach().mean())
+        )
+        if hard is not None:
+            metrics["ce_hard"] = float(ce_hard.detach().mean())
+        return True
+
+    def hard_batch(self) -> HardBatch | None:
+        """The hard samples of this understand step: a replay batch from B, or this step's selection."""
+        if self.buffer is None:
+            return self._last_selection
+        if len(self.buffer) == 0:
+            return None
+        k = self.cfg.game.replay_batch or self.cfg.data.batch_size
+        latents, _, payload = self.buffer.sample(k, self.replay_generator, device=self.device)
+        return HardBatch(latents, [p["question"] for p in payload], [p["answer"] for p in payload])
+
+    @torch.no_grad()
+    def attack_success_rate(self, batch: Batch, attack: Attack) -> float:
+        """Fraction of items whose greedy answer changes under x̃ (NaN for token-space attacks)."""
+        if attack.pixels is None:
+            return float("nan")
+        with self._lora_dropout(False):
+            clean = self.adapter.answer(batch.pixels, batch.questions)
+            adversarial = self.adapter.answer(attack.pixels, batch.questions)
+        return float(np.mean([a != b for a, b in zip(clean, adversarial)]))
+
+    # ============================================================================= step helpers
+    def _clip_is_finite(self, parameters: list[nn.Parameter], max_norm: float) -> bool:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return True
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        return bool(torch.isfinite(norm))
+
+    def _skip_step(self, metrics: dict[str, float], start: float) -> None:
+        """A non-finite loss or gradient: no (further) update this step; count it and move on."""
+        self.nonfinite_steps += 1
+        for opt in (self.opt_challenger, self.opt_understand):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        self.step += 1
+        warnings.warn(f"step {self.step}: non-finite loss or gradient; step skipped", stacklevel=2)
+        self._end_step(metrics, start)
+
+    def _end_step(self, metrics: dict[str, float], start: float) -> None:
+        if self.cfg.game.enabled:
+            metrics["eps"] = self.perturber.eps
+            if self.buffer is not None:
+                metrics["buffer_size"] = len(self.buffer)
+        metrics["nonfinite_steps"] = self.nonfinite_steps
+        metrics["step_seconds"] = time.perf_counter() - start
+        self.logger.log(self.step, metrics)
+        if self._progress is not None:
+            self._progress.update(1)
+            if self.step % self.cfg.logging.log_every == 0:
+                shown = ("ce_clean", "ce_adv", "ce_hard", "eps", "buffer_size")
+                self._progress.set_postfix({k: f"{metrics[k]:.3g}" for k in shown if k in metrics})
+        every = self.cfg.logging.checkpoint_every
+        if every and self.step % every == 0 and self.step < self.cfg.optim.steps:
+            self.save_checkpoint()
+
+    def _open_progress(self, last: int) -> None:
+        if self.cfg.logging.progress and self._progress is None:
+            from tqdm.auto import tqdm
+
+            name = "UniGame" if self.cfg.game.enabled else "SFT"
+            self._progress = tqdm(
+                total=self.cfg.optim.steps, initial=self.step, desc=name, dynamic_ncols=True
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when asked; the perturber turns it off for itself, losses are cast to fp32."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @contextlib.contextmanager
+    def _lora_dropout(self, on: bool) -> Iterator[None]:
+        dropouts = [m for name, m in self.peft_model.named_modules() if name.endswith("lora_dropout")]
+        for m in dropouts:
+            m.train(on)
+        try:
+            yield
+        finally:
+            for m in dropouts:
+                m.train(not on)
+
+    # ============================================================================ state and I/O
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The whole progress record (except LoRA, saved by peft): tensors + JSON metadata."""
+        tensors, rng_meta = capture_rng()
+        tensors["generator.replay"] = self.replay_generator.get_state()
+        understand_tensors, understand_meta = optimizer_state(self.opt_understand, "optim.understand")
+        tensors.update(understand_tensors)
+        meta: dict[str, Any] = {
+            "step": self.step,
+            "nonfinite_steps": self.nonfinite_steps,
+            "data": self.batches.state_dict(),
+            "rng": rng_meta,
+            "optim": {"understand": understand_meta},
+            "config": self.cfg.to_dict(),
+        }
+        if self.cfg.game.enabled:
+            tensors.update({f"perturber.{k}": v for k, v in self.perturber.state_dict().items()})
+            challenger_tensors, meta["optim"]["challenger"] = optimizer_state(
+                self.opt_challenger, "optim.challenger"
+            )
+            tensors.update(challenger_tensors)
+            tensors["generator.generation"] = self.generation_generator.get_state()
+            if self.buffer is not None:
+                buffer_state = self.buffer.state_dict()
+                tensors["buffer.latents"] = buffer_state["latents"]
+                tensors["buffer.hardness"] = buffer_state["hardness"]
+                meta["buffer"] = buffer_state["metadata"]
+        return tensors, meta
+
+    def save_checkpoint(self) -> Path:
+        """Write the progress record atomically to `<run>/checkpoints/step-<step>`."""
+        tensors, meta = self.state_dict()
+        return save_checkpoint(
+            self.run_dir, self.step, self.peft_model, tensors, meta, self.cfg.logging.keep_checkpoints
+        )
+
+    def load_checkpoint(self, path: str | Path) -> int:
+        """Restore everything `save_checkpoint` wrote; warn about config differences (this run's wins)."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        ckpt = load_checkpoint(path)
+        tensors, meta = ckpt.tensors, ckpt.meta
+        differences = config_diff(meta["config"], self.cfg.to_dict())
+        if differences:
+            warnings.warn(
+                f"checkpoint {ckpt.path} was written with a different config; this run's config wins "
+                "(weights, optimiser and RNG states, buffer and data position come from the checkpoint):\n  "
+                + "\n  ".join(differences),
+                stacklevel=2,
+            )
+        saved_game = meta["config"]["game"]["enabled"]
+        if saved_game != self.cfg.game.enabled:
+            raise ValueError(
+                f"checkpoint {ckpt.path} has game.enabled={saved_game} but this run has "
+                f"{self.cfg.game.enabled}; a run cannot switch between SFT and UniGame on resume."
+            )
+        lora = load_file(str(ckpt.lora_path / "adapter_model.safetensors"), device=str(self.device))
+        result = set_peft_model_state_dict(self.peft_model, lora)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"checkpoint LoRA has weights this model lacks: {unexpected[:5]}")
+        restore_optimizer(self.opt_understand, "optim.understand", tensors, meta["optim"]["understand"])
+        self.replay_generator.set_state(tensors["generator.replay"])
+        if self.cfg.game.enabled:
+            prefix = "perturber."
+            self.perturber.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+            restore_optimizer(self.opt_challenger, "optim.challenger", tensors, meta["optim"]["challenger"])
+            self.generation_generator.set_state(tensors["generator.generation"])
+            if self.buffer is not None and "buffer" in meta:
+                self.buffer.load_state_dict(
+                    {
+                        "latents": tensors["buffer.latents"],
+                        "hardness": tensors["buffer.hardness"],
+                        "metadata": meta["buffer"],
+                    }
+                )
+        self.batches.load_state_dict(meta["data"])
+        self.step = int(meta["step"])
+        self.nonfinite_steps = int(meta["nonfinite_steps"])
+        restore_rng(tensors, meta["rng"])  # last: nothing after this may draw random numbers
+        return self.step
+
+    def _write_config(self) -> None:
+        import yaml
+
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def write_report(self) -> list[Path]:
+        """PNG plots of the run's curves and a panel of the hardest samples (if `logging.plots`)."""
+        if not self.cfg.logging.plots:
+            return []
+        self.logger.close()  # flush the CSV before reading it back
+        written = plot_training_curves(self.logger.csv_path, self.run_dir / "plots")
+        panel = self._hard_sample_panel()
+        return written + ([panel] if panel is not None else [])
+
+    @torch.no_grad()
+    def _hard_sample_panel(self) -> Path | None:
+        if not self.cfg.game.enabled or self.cfg.logging.panel_items == 0:
+            return None
+        if self.buffer is not None and len(self.buffer):
+            order = torch.argsort(self.buffer.hardness, descending=True)[: self.cfg.logging.panel_items]
+            latents, ids, payload = self.buffer.gather(order.tolist(), device=self.device)
+            hardness = self.buffer.hardness[order].tolist()
+        else:
+            return None
+        clean = self.batches.batch([self._record_index[i] for i in ids]).pixels  # (K, 3, H, W)
+        questions = [p["question"] for p in payload]
+        answers = [p["answer"] for p in payload]
+        with self._autocast(), self._lora_dropout(False):
+            predictions_clean = self.adapter.answer(clean, questions)
+            adversarial = predictions_adversarial = None
+            if self.miner.has_pixels:
+                adversarial = self.adapter.decode_latents(latents).float()  # (K, 3, H, W) re-decoded z̃
+                predictions_adversarial = self.adapter.answer(adversarial, questions)
+        return hard_sample_panel(
+            self.run_dir / "plots" / "hard_samples.png",
+            clean,
+            adversarial,
+            questions,
+            answers,
+            predictions_clean,
+            predictions_adversarial,
+            hardness,
+        )
+
+    def cleanup(self) -> None:
+        """Close the logs and the progress bar (safe to call twice)."""
+        if self.logger is not None:
+            self.logger.close()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    # ======================================================================== for tests/tools
+    def trainable_state(self) -> dict[str, Tensor]:
+        """Copies of every trainable tensor (LoRA and perturber) keyed by name."""
+        state = {
+            f"lora.{n}": p.detach().clone() for n, p in self.peft_model.named_parameters() if p.requires_grad
+        }
+        if self.cfg.game.enabled:
+            state.update(
+                {f"perturber.{k}": v.detach().clone() for k, v in self.perturber.state_dict().items()}
+            )
+        return state
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,140 @@
+"""Adversary modes and miners on the tiny random Janus: budgets, gradient paths, the generation hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unigame.game.adversary import (
+    GenerationMiner,
+    NoiseAdversary,
+    TokenCosineFilter,
+    TokenKeepAll,
+    build_adversary,
+    build_candidate_filter,
+    build_miner,
+)
+from unigame.game.perturber import NoisePerturber, Perturber
+
+QUESTIONS = ["Is there a red circle?", "What colour is the square?"]
+ANSWERS = ["yes", "blue"]
+
+
+def _adversary(adapter, name: str, budget: str = "auto", eps_max: float = 0.02):
+    pixels = torch.rand(1, 3, 32, 32)
+    return build_adversary(
+        name, adapter, pixels, eps_max=eps_max, eps_init=eps_max / 2, budget=budget, hidden=None, seed=0
+    )
+
+
+@pytest.mark.parametrize("name", ["decoder", "embedding", "noise"])
+def test_delta_norm_is_within_eps_max_per_token_in_every_mode(make_janus, name):
+    adapter = make_janus()
+    adversary = _adversary(adapter, name, budget="absolute")
+    with torch.no_grad():  # push the gate to its top: ε → ε_max
+        adversary.perturber.gate.fill_(20.0)
+    pixels = torch.rand(2, 3, 32, 32)
+    clean = adversary.clean(adapter, pixels)
+    attack = adversary.attack(adapter, clean, QUESTIONS, ANSWERS)
+    norms = attack.delta.norm(dim=-1)  # (B, N)
+    assert norms.max() <= 0.02 * (1 + 1e-5)
+    assert norms.min() > 0.019  # the budget is used, not collapsed
+    assert attack.ce.shape == (2,) and attack.ce.dtype == torch.float32
+    assert (attack.pixels is None) == (name != "decoder")
+
+
+def test_auto_budget_is_absolute_for_latents_and_relative_for_tokens(make_janus):
+    adapter = make_janus()
+    decoder = _adversary(adapter, "decoder")
+    embedding = _adversary(adapter, "embedding")
+    assert decoder.perturber.budget == "absolute"  # Janus VQ latent tokens are unit-norm
+    assert embedding.perturber.budget == "relative"
+    pixels = torch.rand(2, 3, 32, 32)
+    tokens = embedding.clean(adapter, pixels)
+    delta = embedding.attack(adapter, tokens, QUESTIONS, ANSWERS).delta
+    bound = embedding.perturber.eps_max * tokens.norm(dim=-1)  # ‖δ_t‖ ≤ ε_max·‖t_t‖
+    assert (delta.norm(dim=-1) <= bound * (1 + 1e-5)).all()
+    assert isinstance(_adversary(adapter, "noise"), NoiseAdversary)
+    assert isinstance(_adversary(adapter, "noise").perturber, NoisePerturber)
+    assert isinstance(decoder.perturber, Perturber)
+
+
+def test_decoder_gradient_reaches_delta_through_decoder_and_vision_encoder(make_janus):
+    adapter = make_janus()
+    adapter.model.requires_grad_(False)
+    adversary = _adversary(adapter, "decoder")
+    clean = adversary.clean(adapter, torch.rand(2, 3, 32, 32))  # (B, 64, 8)
+    assert clean.shape == (2, 64, 8) and not clean.requires_grad
+    attack = adversary.attack(adapter, clean, QUESTIONS, ANSWERS)
+    attack.delta.retain_grad()
+    attack.ce.mean().backward()
+    assert attack.delta.grad is not None and attack.delta.grad.abs().sum() > 0
+    for name, param in adversary.perturber.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in adapter.model.parameters())  # frozen: no gradient stored
+
+
+def test_token_filters():
+    clean = torch.randn(3, 4, 8)
+    candidate = clean.clone()
+    candidate[1] = -candidate[1]  # opposite tokens: cosine -1
+    result = TokenCosineFilter(0.9)(clean, candidate, ["a", "b", "c"])
+    assert result.keep.tolist() == [True, False, True]
+    assert TokenKeepAll()(clean, candidate, ["a", "b", "c"]).keep.all()
+    with pytest.raises(ValueError, match="needs images"):
+        build_candidate_filter(
+            "clip",
+            False,
+            None,
+            clip_threshold=0.6,
+            clip_calibration="absolute",
+            clip_margin=0.1,
+            cosine_threshold=0.9,
+        )
+
+
+def test_official_miner_injects_delta_at_every_generation_step(make_janus):
+    adapter = make_janus()
+    adversary = _adversary(adapter, "embedding")
+    generator = torch.Generator().manual_seed(0)
+    miner = build_miner("official", adversary, adapter, generator, guidance=2.0, temperature=1.0)
+    assert isinstance(miner, GenerationMiner) and miner.has_pixels
+    calls = []
+    original = miner._inject
+
+    def counting(embeds):
+        calls.append(embeds.shape)
+        return original(embeds)
+
+    miner._inject = counting
+    pixels = torch.rand(2, 3, 32, 32)
+    candidates = miner.candidates(adapter, pixels, None, None, QUESTIONS, ANSWERS)
+    assert len(calls) == adapter.num_image_tokens  # one hook call per autoregressive step
+    assert calls[0] == (4, 1, 32)  # (2B: conditional + unconditional, 1 token, D_text)
+    assert candidates.pixels.shape == (2, 3, 32, 32)
+    assert candidates.latents.shape == (2, 64, 8) and candidates.hardness.shape == (2,)
+
+    # same sampling seed: ε ≈ 0 twice gives the same images, ε = ε_max changes them
+    def generate(gate: float) -> torch.Tensor:
+        with torch.no_grad():
+            adversary.perturber.gate.fill_(gate)
+        generator.manual_seed(0)
+        return miner.candidates(adapter, pixels, None, None, QUESTIONS, ANSWERS).pixels
+
+    unperturbed = generate(-30.0)
+    assert torch.equal(unperturbed, generate(-30.0))
+    assert not torch.equal(unperturbed, generate(30.0))
+
+
+def test_official_mining_needs_a_hookable_generator(make_janus):
+    adapter = make_janus()
+    adversary = _adversary(adapter, "embedding")
+
+    class NoHook:
+        def generate_images(self, prompts):
+            return None
+
+    with pytest.raises(TypeError, match="embedding_hook"):
+        build_miner("official", adversary, NoHook(), torch.Generator(), 1.0, 1.0)
+    with pytest.raises(ValueError, match="token-space adversary"):
+        build_miner("official", _adversary(adapter, "decoder"), adapter, torch.Generator(), 1.0, 1.0)

@@ -1,0 +1,240 @@
+"""UniGameTrainer invariants on a tiny random Janus: what trains, what stays frozen, the order of the two
+players, the buffer's use, the filter, bf16, non-finite steps, and bitwise-exact resume."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from unigame.game.adversary import Attack
+from unigame.game.run_logging import read_metrics
+from unigame.game.trainer import UniGameTrainer
+
+from .conftest import PaletteScorer, ToyUnifiedModel, small_config
+
+
+def _trainer(tmp_path, adapter, records, cfg, scorer=None, name="run") -> UniGameTrainer:
+    trainer = UniGameTrainer(cfg, tmp_path / name, adapter, scorer or PaletteScorer(), records)
+    trainer.setup()
+    return trainer
+
+
+def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_only_lora_and_perturber_train(tmp_path, make_janus, records):
+    trainer = _trainer(tmp_path, make_janus(), records, small_config(steps=2))
+    trainable = [n for n, p in trainer.peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)  # LoRA on the LM only
+    before, perturber_before = _params(trainer.peft_model), _params(trainer.perturber)
+    trainer.train()
+    after = _params(trainer.peft_model)
+    for name, value in before.items():
+        changed = not torch.equal(value, after[name])
+        if name in trainable and "lora_B" in name:
+            assert changed, f"LoRA weight {name} did not train"
+        elif name not in trainable:
+            assert not changed, f"frozen weight {name} changed"
+            assert dict(trainer.peft_model.named_parameters())[name].grad is None, (
+                f"frozen {name} got a gradient"
+            )
+    assert all(
+        not torch.equal(v, dict(trainer.perturber.named_parameters())[n]) for n, v in perturber_before.items()
+    )
+    trainer.cleanup()
+
+
+def test_sft_baseline_and_unigame_start_identical(tmp_path, make_janus, records):
+    sft = _trainer(tmp_path, make_janus(), records, small_config(enabled=False), name="sft")
+    game = _trainer(tmp_path, make_janus(), records, small_config(), name="game")
+    sft_lora = {n: p for n, p in sft.peft_model.named_parameters() if p.requires_grad}
+    game_lora = {n: p for n, p in game.peft_model.named_parameters() if p.requires_grad}
+    assert sft_lora.keys() == game_lora.keys()
+    assert all(torch.equal(sft_lora[n], game_lora[n]) for n in sft_lora)
+    assert [next(sft.batches).ids for _ in range(3)] == [next(game.batches).ids for _ in range(3)]
+    assert sft.adversary is None and sft.buffer is None
+
+
+def test_challenge_raises_adversarial_ce_then_understand_lowers_it(tmp_path, make_janus, records):
+    cfg = small_config(reg_lambda=0.0, percentile=0.0)  # L_C = CE; every candidate is mined
+    cfg.model.lora_dropout = 0.0  # deterministic CE evaluations
+    cfg.optim.und_lr = 1e-2
+    trainer = _trainer(tmp_path, make_janus(), records, cfg)
+    batch = next(trainer.batches)
+    adapter, adversary = trainer.adapter, trainer.adversary
+    clean = adversary.clean(adapter, batch.pixels)
+
+    def adversarial_ce() -> float:
+        with torch.no_grad():
+            return float(adversary.attack(adapter, clean, batch.questions, batch.answers).ce.mean())
+
+    before = adversarial_ce()
+    attack = trainer.challenge_step(batch, clean, {})  # the challenger moves: ascent
+    after_challenge = adversarial_ce()
+    assert after_challenge > before
+    trainer.mine(batch, clean, attack, {})
+    fixed = attack.pixels  # x̃ as mined: the understand step must learn it
+
+    def ce_on_fixed() -> float:
+        with torch.no_grad():
+            return float(adapter.understanding_loss(fixed, batch.questions, batch.answers).mean())
+
+    before_understand = ce_on_fixed()
+    assert trainer.understand_step(batch, adapter.visual_tokens(batch.pixels), {})  # U moves: descent
+    assert ce_on_fixed() < before_understand
+
+
+def test_trainer_fills_and_replays_the_buffer(tmp_path, make_janus, records):
+    cfg = small_config(steps=4, capacity=3, replay_batch=2, percentile=50.0, filter="none")
+    trainer = _trainer(tmp_path, make_janus(), records, cfg)
+    replayed: list[int] = []
+    original = trainer.miner.replay_tokens
+
+    def spy(adapter, latents):
+        replayed.append(latents.shape[0])
+        assert latents.shape[1:] == (64, 8)  # stored latents z̃, not images
+        return original(adapter, latents)
+
+    trainer.miner.replay_tokens = spy
+    trainer.train()
+    trainer.cleanup()
+    assert len(trainer.buffer) == 3  # capacity respected
+    assert replayed == [2, 2, 2, 2]  # replay_batch items every understand step (mined first in step 1)
+    metrics = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert (metrics["buffer_size"] == [2, 3, 3, 3]).all()  # percentile 50 of 4: H ≥ τ for 2 items
+    assert (metrics["tau"] > 0).all() and not torch.isnan(torch.tensor(metrics["ce_hard"])).any()
+    # the buffer keeps the hardest: each kept H is ≥ the τ of the batch it came from
+    assert float(trainer.buffer.hardness.min()) >= float(metrics["tau"].min())
+
+
+def test_filter_rejects_the_decoded_image_of_another_scene(tmp_path, records):
+    """Through the real mining step: a candidate decoded from another scene's latents leaves the buffer empty
+    of it, while the faithful candidate (the own scene, perturbed) enters."""
+    toy = ToyUnifiedModel()
+    cfg = small_config(filter="clip", percentile=0.0, eps_max=0.05, eps_init=0.02)
+    trainer = _trainer(tmp_path, toy, records, cfg)
+    by_colour = {}
+    for r in records:  # two one-colour scenes with different colours
+        colours = {o["colour"] for o in r.meta["scene"]["objects"]}
+        if len(colours) == 1:
+            by_colour.setdefault(colours.pop(), r)
+    own, other = list(by_colour.values())[:2]
+    batch = trainer.batches.batch([records.index(own), records.index(own)])
+    clean = trainer.adversary.clean(toy, batch.pixels)  # (2, 64, 3) the own scene twice
+    other_latents = toy.encode_latents(trainer.batches.batch([records.index(other)]).pixels)
+    candidate = torch.cat([clean[:1] + 0.01, other_latents])  # faithful | another scene
+    pixels = toy.decode_latents(candidate)
+    attack = Attack(candidate - clean, candidate, pixels, torch.tensor([1.0, 1.0]))
+    batch.ids = ["faithful", "other-scene"]
+    stats = trainer.mine(batch, clean, attack, metrics := {})
+    assert stats.n_passed_filter == 1 and metrics["filter_pass_rate"] == 0.5
+    assert trainer.buffer.ids == ["faithful"]
+
+
+def test_bf16_delta_gradient_is_nonzero_and_close_to_fp32(tmp_path, make_janus, records):
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        cfg = small_config()
+        cfg.model.precision = precision
+        trainer = _trainer(tmp_path, make_janus(), records, cfg, name=precision)
+        batch = trainer.batches.batch([0, 1, 2, 3])
+        with trainer._autocast():
+            clean = trainer.adversary.clean(trainer.adapter, batch.pixels)
+            attack = trainer.adversary.attack(trainer.adapter, clean, batch.questions, batch.answers)
+            attack.delta.retain_grad()
+            attack.ce.mean().backward()
+        assert attack.delta.dtype == torch.float32 and attack.ce.dtype == torch.float32
+        grads[precision] = attack.delta.grad.flatten()
+    fp32, bf16 = grads["fp32"], grads["bf16"]
+    assert bf16.abs().sum() > 0
+    cosine = torch.nn.functional.cosine_similarity(fp32, bf16, dim=0)
+    assert cosine > 0.9, float(cosine)
+    assert (bf16.norm() - fp32.norm()).abs() / fp32.norm() < 0.25
+
+
+def test_non_finite_loss_skips_the_step_and_counts_it(tmp_path, make_janus, records):
+    trainer = _trainer(tmp_path, make_janus(), records, small_config(steps=2))
+    adapter = trainer.adapter
+    original = adapter.understanding_loss
+    calls = {"n": 0}
+
+    def nan_once(pixels, questions, answers):
+        calls["n"] += 1
+        loss = original(pixels, questions, answers)
+        return loss * float("nan") if calls["n"] == 1 else loss
+
+    adapter.understanding_loss = nan_once
+    lora_before = {k: v for k, v in trainer.trainable_state().items()}
+    with pytest.warns(UserWarning, match="non-finite"):
+        trainer.train(until_step=1)
+    assert trainer.nonfinite_steps == 1 and trainer.step == 1
+    assert all(torch.equal(v, trainer.trainable_state()[k]) for k, v in lora_before.items())  # nothing moved
+    trainer.train()  # the next step is fine
+    assert trainer.nonfinite_steps == 1 and trainer.step == 2
+    trainer.cleanup()
+    assert read_metrics(tmp_path / "run" / "metrics.csv")["nonfinite_steps"].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "game",
+    [
+        {"filter": "none"},  # decoder adversary + buffer (random-VQ images would fail any semantic filter)
+        {"adversary": "noise", "filter": "none", "buffer": False},  # noise: its own generator state
+        {"enabled": False},  # the SFT baseline
+    ],
+    ids=["unigame", "noise", "sft"],
+)
+def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path, make_janus, records, game):
+    steps = 4
+    whole = _trainer(tmp_path, make_janus(), records, small_config(steps=steps, **game), name="whole")
+    whole.train()
+    whole.cleanup()
+
+    first = _trainer(tmp_path, make_janus(), records, small_config(steps=steps, **game), name="split")
+    first.train(until_step=2)  # interrupted after step 2
+    checkpoint = first.save_checkpoint()
+    first.cleanup()
+    resumed = UniGameTrainer(
+        small_config(steps=steps, **game), tmp_path / "split", make_janus(), PaletteScorer(), records
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same config: no warning
+        resumed.setup(resume=checkpoint)
+    assert resumed.step == 2
+    resumed.train()
+    resumed.cleanup()
+
+    expected, got = whole.trainable_state(), resumed.trainable_state()
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    if whole.buffer is not None:
+        a, b = whole.buffer.state_dict(), resumed.buffer.state_dict()
+        assert len(whole.buffer) > 0 and torch.equal(a["latents"], b["latents"])
+        assert torch.equal(a["hardness"], b["hardness"]) and a["metadata"] == b["metadata"]
+    full = read_metrics(tmp_path / "whole" / "metrics.csv")
+    split = read_metrics(tmp_path / "split" / "metrics.csv")
+    assert split["step"].tolist() == [1, 2, 3, 4]
+    for column in ("loss_understand", "ce_clean", "ce_adv", "eps"):
+        if column in full:
+            assert full[column].tobytes() == split[column].tobytes(), column
+
+
+def test_resume_with_another_config_warns_and_says_which_wins(tmp_path, make_janus, records):
+    first = _trainer(tmp_path, make_janus(), records, small_config(steps=2))
+    first.train(until_step=1)
+    checkpoint = first.save_checkpoint()
+    first.cleanup()
+    changed = small_config(steps=2, beta=0.25)
+    resumed = UniGameTrainer(changed, tmp_path / "run", make_janus(), PaletteScorer(), records)
+    with pytest.warns(UserWarning, match="this run's config wins") as record:
+        resumed.setup(resume=checkpoint)
+    assert "game.beta: 0.5 -> 0.25" in str(record[0].message)
+    resumed.cleanup()
+    sft = UniGameTrainer(small_config(steps=2, enabled=False), tmp_path / "run", make_janus(), None, records)
+    with pytest.raises(ValueError, match="cannot switch between SFT and UniGame"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sft.setup(resume=checkpoint)
