@@ -161,8 +161,21 @@ class JanusAdapter:
         hidden = self.model.model.language_model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions
         ).last_hidden_state
-        logits = self.model.lm_head(hidden[:, :-1]).float()  # (B, L-1, V) in fp32 for the loss
-        return _per_sample_ce(logits, labels[:, 1:])
+        return self._answer_ce(hidden[:, :-1], labels[:, 1:])
+
+    def _answer_ce(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean CE over labelled positions; (B, L, D), (B, L) -> (B,).
+
+        The LM head runs on the answer positions only: at Janus-Pro's 102k vocabulary the logits
+        of the 576 image positions would cost more than the rest of the head's work.
+        """
+        picked = targets != -100  # (B, L)
+        logits = self.model.lm_head(hidden[picked]).float()  # (T, V) in fp32 for the loss
+        token_ce = F.cross_entropy(logits, targets[picked], reduction="none")  # (T,)
+        sums = torch.zeros(targets.shape[0], device=token_ce.device).index_add(
+            0, picked.nonzero()[:, 0], token_ce
+        )
+        return sums / picked.sum(-1).clamp(min=1)
 
     def understanding_loss(
         self, pixels: torch.Tensor, questions: list[str], answers: list[str]
@@ -354,10 +367,3 @@ class JanusAdapter:
 
 
 CAPTION_QUESTION = "Describe the image."
-
-
-def _per_sample_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean CE over labelled positions per sample; (B, L, V), (B, L) -> (B,)."""
-    token_ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L)
-    counts = (labels != -100).sum(-1).clamp(min=1)
-    return token_ce.sum(-1) / counts
