@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from unigame.eval.run import compare, evaluate, generate
 from unigame.game.run import train
 from unigame.pretrain.base import BaseConfig
 
@@ -48,7 +49,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        auto_cli({"base": base, "demo": demo, "train": train}, args=args, as_positional=False)
+        commands = {
+            "base": base,
+            "demo": demo,
+            "train": train,
+            "eval": evaluate,
+            "compare": compare,
+            "generate": generate,
+        }
+        auto_cli(commands, args=args)
     except (ValueError, FileNotFoundError) as err:  # bad config or path: a message, not a traceback
         print(f"unigame: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,63 +7,34 @@ batched helpers.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unigame.data.records import VQARecord
 from unigame.data.shapes import ShapesConfig, caption, judge_scene, sample_scene
 from unigame.data.splits import build_split
-from unigame.eval.metrics import naturalbench_scores, normalize_vqa_answer
 
+# The batched helpers live in `unigame.eval.common` (shared with the full suites); re-exported here.
+from unigame.eval.common import (
+    exact_match,
+    naturalbench_report,
+    predict,
+    records_to_pixels,
+    vqa_report,
+)
 
-def records_to_pixels(records: Sequence[VQARecord]) -> torch.Tensor:
-    """(B, 3, H, W) float pixels in [0,1] from records' uint8 images."""
-    return torch.from_numpy(np.stack([r.image for r in records])).permute(0, 3, 1, 2).float() / 255
-
-
-def predict(
-    adapter: Any, records: Sequence[VQARecord], batch_size: int = 64, desc: str = "answer"
-) -> list[str]:
-    """Greedy answers for records, batched through the adapter (one model call per batch)."""
-    predictions: list[str] = []
-    for start in tqdm(range(0, len(records), batch_size), desc=desc, leave=False):
-        batch = records[start : start + batch_size]
-        predictions += adapter.answer(
-            records_to_pixels(batch).to(adapter.device), [r.question for r in batch]
-        )
-    return predictions
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    """ShapesWorld answers are single words from a closed vocabulary: exact match after VQA normalisation."""
-    return normalize_vqa_answer(prediction) == normalize_vqa_answer(answer)
-
-
-def vqa_report(records: Sequence[VQARecord], predictions: Sequence[str]) -> dict[str, Any]:
-    hits = [exact_match(p, r.answer) for p, r in zip(predictions, records)]
-    by_kind: dict[str, list[bool]] = defaultdict(list)
-    for hit, record in zip(hits, records):
-        by_kind[record.meta.get("kind", "all")].append(hit)
-    return {
-        "accuracy": float(np.mean(hits)),
-        "n": len(hits),
-        "per_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
-    }
-
-
-def naturalbench_report(records: Sequence[VQARecord], predictions: Sequence[str]) -> dict[str, Any]:
-    groups: dict[int, dict[str, bool]] = defaultdict(dict)
-    for record, prediction in zip(records, predictions):
-        meta = record.meta
-        groups[meta["group"]][f"q{meta['question_index']}_i{meta['image_index']}"] = exact_match(
-            prediction, record.answer
-        )
-    return naturalbench_scores(groups.values()) | {"groups": len(groups)}
+__all__ = [
+    "evaluate_base",
+    "exact_match",
+    "format_base_table",
+    "generation_report",
+    "naturalbench_report",
+    "predict",
+    "records_to_pixels",
+    "vqa_report",
+]
 
 
 def generation_report(
@@ -95,8 +66,8 @@ def evaluate_base(
     """Clean VQA accuracy, NaturalBench-style accuracy under shift, and single-object generation."""
     test = build_split("test", n, seed, config)
     natural = build_split("naturalbench", max(1, n // 4), seed, config)
-    clean = vqa_report(test, predict(adapter, test, desc="eval: clean VQA"))
-    natural_predictions = predict(adapter, natural, desc="eval: NaturalBench-style")
+    clean = vqa_report(test, predict(adapter, test, desc="eval: clean VQA", progress=progress))
+    natural_predictions = predict(adapter, natural, desc="eval: NaturalBench-style", progress=progress)
     shifted = vqa_report(natural, natural_predictions) | naturalbench_report(natural, natural_predictions)
     generation = generation_report(adapter, config, max(8, n // 3), seed)
     return {
