@@ -78,6 +78,7 @@ class HardBatch:
     latents: Tensor  # (K, ...) z̃ or t̃
     questions: list[str]
     answers: list[str]
+    slots: Tensor | None = None  # (K,) buffer slots they were replayed from; None for this step's selection
 
 
 def attach_lora(
@@ -372,6 +373,10 @@ class UniGameTrainer:
         )
         if hard is not None:
             metrics["ce_hard"] = float(ce_hard.detach().mean())
+            if hard.slots is not None:
+                # Re-rank replayed items by their current CE: otherwise items the model has learned
+                # keep their mining-time hardness and block harder new candidates from entering.
+                self.buffer.update_hardness(hard.slots, ce_hard.detach().double().cpu())
         return True
 
     def hard_batch(self) -> HardBatch | None:
@@ -381,8 +386,9 @@ class UniGameTrainer:
         if len(self.buffer) == 0:
             return None
         k = self.cfg.game.replay_batch or self.cfg.data.batch_size
-        latents, _, payload = self.buffer.sample(k, self.replay_generator, device=self.device)
-        return HardBatch(latents, [p["question"] for p in payload], [p["answer"] for p in payload])
+        slots = self.buffer.sample_indices(k, self.replay_generator)  # (K,)
+        latents, _, payload = self.buffer.gather(slots, device=self.device)
+        return HardBatch(latents, [p["question"] for p in payload], [p["answer"] for p in payload], slots)
 
     @torch.no_grad()
     def attack_success_rate(self, batch: Batch, attack: Attack) -> float:
