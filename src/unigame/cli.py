@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 and args[0] == "compare" and not any(a.startswith("-") for a in args[1:]):
+        args = ["compare", "[" + ",".join(_quote(a) for a in args[1:]) + "]"]  # `unigame compare RUN RUN...`
     try:
         commands = {
             "base": base,
@@ -61,3 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:  # bad config or path: a message, not a traceback
         print(f"unigame: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _quote(path: str) -> str:
+    """A run path as a YAML flow-list item (quoted, so commas and colons stay part of the path)."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
