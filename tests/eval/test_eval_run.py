@@ -108,3 +108,20 @@ def test_cli_help_renders_for_each_entry_point():
         with pytest.raises(SystemExit) as exit_info:
             auto_cli([evaluate, compare, generate], args=[name, "--help"], as_positional=False)
         assert exit_info.value.code == 0
+
+
+def test_cli_compare_takes_run_folders_as_positional_arguments(tiny_model_dir, tmp_path, capsys):
+    from unigame.cli import main
+
+    runs = [str(tmp_path / "first,run"), str(tmp_path / "second")]  # a comma must stay part of the path
+    for run in runs:
+        evaluate(
+            "naturalbench",
+            model=str(tiny_model_dir),
+            data=str(FIXTURES / "naturalbench"),
+            output=run,
+            device="cpu",
+        )
+    capsys.readouterr()
+    main(["compare", *runs])
+    assert "| g_acc | 0.0000 | 0.0000 (+0.0000) |" in capsys.readouterr().out
