@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unigame.data.pixels import images_to_pixels
 from unigame.data.records import VQARecord
 from unigame.eval.metrics import naturalbench_scores, normalize_vqa_answer
 
@@ -68,11 +69,6 @@ def call_with_supported(fn: Callable[..., Any], *args: Any, **optional: Any) -> 
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return fn(*args, **optional)
     return fn(*args, **{k: v for k, v in optional.items() if k in params})
-
-
-def images_to_pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """(B, 3, H, W) float pixels in [0, 1] from (H, W, 3) uint8 images of one size."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
 def records_to_pixels(records: Sequence[VQARecord]) -> torch.Tensor:

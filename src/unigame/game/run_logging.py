@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["MetricsLogger", "hard_sample_panel", "plot_training_curves", "read_metrics"]
@@ -201,8 +200,3 @@ def hard_sample_panel(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
-
-
-def as_pixels(images: Sequence[np.ndarray]) -> Tensor:
-    """uint8 (H, W, 3) arrays -> float (K, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.stack(list(images))).permute(0, 3, 1, 2).float() / 255.0

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unigame.data.pixels import images_to_pixels as to_pixels
 from unigame.data.shapes import Scene, ShapeObject, ShapesConfig, caption, render, sample_scene
 from unigame.data.shifts import apply_shift
 from unigame.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipScorer
@@ -145,10 +146,6 @@ def reinit_tiny(model: nn.Module, generator: torch.Generator | None = None) -> N
 
 
 # ------------------------------------------------------------------------------------------- data
-def to_pixels(images: Sequence[np.ndarray] | np.ndarray) -> Tensor:
-    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]."""
-    arr = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def sample_batch(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unigame.data.pixels import images_to_pixels
 from unigame.data.shapes import ShapesConfig, caption, render, sample_vqa
 from unigame.models.janus import CAPTION_QUESTION, JanusAdapter
 
@@ -33,7 +34,7 @@ def sample_understanding_batch(
         questions.append(question)
         answers.append(answer)
         captions.append(text)
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    pixels = images_to_pixels(images)
     return pixels, questions, answers, captions
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from unigame.data.pixels import images_to_pixels
 from unigame.data.shapes import ShapesConfig, render, sample_scene
 from unigame.data.shifts import SHIFT_NAMES, apply_shift
 from unigame.models.janus import JanusAdapter
@@ -29,7 +30,7 @@ def sample_images(
             images.append(apply_shift(scene, config, name, rng, strength=float(rng.uniform(0.3, 1.0))))
         else:
             images.append(render(scene, config))
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return images_to_pixels(images)
 
 
 def train_vq(
