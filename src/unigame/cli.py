@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from unigame.eval.run import compare, evaluate, generate
 from unigame.game.run import train
 from unigame.pretrain.base import BaseConfig
+from unigame.reproduce import reproduce
 
 
 def base(cfg: BaseConfig = BaseConfig(), output: str | None = None, force: bool = False) -> None:  # noqa: B008
@@ -32,22 +33,36 @@ def base(cfg: BaseConfig = BaseConfig(), output: str | None = None, force: bool 
     print(format_base_table(manifest["evaluation"]))
 
 
-def demo(cfg: BaseConfig = BaseConfig(), output: str | None = None) -> None:  # noqa: B008
-    """The main job: build or load the tiny Janus base and show its evaluation.
-
-    Post-training (SFT vs UniGame) joins this command as the engine lands.
+def demo(
+    cfg: BaseConfig = BaseConfig(),  # noqa: B008
+    output: str = "runs/demo",
+    quick: bool = False,
+    steps: int | None = None,
+    workers: int = 0,
+) -> None:
+    """The main job: build or load the tiny Janus base, post-train SFT and UniGame from it, evaluate
+    all three with the shapes suite and print them side by side; writes <output>/report.md.
 
     Args:
-        cfg: the base recipe.
-        output: base directory (default: the user's cache dir).
+        cfg: the base recipe (the base is cached, so a second demo starts at post-training).
+        output: folder for the runs, evaluations and report.md.
+        quick: a pipeline check in about a minute (tiny base under <output>/base, 10 steps, CI
+            evaluation sizes): the numbers mean nothing.
+        steps: post-training steps per method (default 300; quick: 10).
+        workers: runs at a time (0: up to 3, one per CPU core).
     """
-    base(cfg, output=output)
+    from unigame.demo import run_demo
+
+    run_demo(output=output, quick=quick, steps=steps, base=cfg, workers=workers)
+
+
+BOOL_FLAGS = frozenset({"--quick", "--force", "--skip_bad"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _bare_flags(list(sys.argv[1:] if argv is None else argv))
     if len(args) > 1 and args[0] == "compare" and not any(a.startswith("-") for a in args[1:]):
         args = ["compare", "[" + ",".join(_quote(a) for a in args[1:]) + "]"]  # `unigame compare RUN RUN...`
     try:
@@ -58,11 +73,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             "eval": evaluate,
             "compare": compare,
             "generate": generate,
+            "reproduce": reproduce,
         }
         auto_cli(commands, args=args)
     except (ValueError, FileNotFoundError) as err:  # bad config or path: a message, not a traceback
         print(f"unigame: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _bare_flags(args: list[str]) -> list[str]:
+    """`--quick` alone means `--quick true` (jsonargparse wants a value for every bool option)."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in BOOL_FLAGS and (following is None or following.startswith("-")):
+            out.append("true")
+    return out
 
 
 def _quote(path: str) -> str:

@@ -109,6 +109,7 @@ def evaluate(
     skip_bad: bool = False,
     device: str = "auto",
     prompt: PromptName = "tiny",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a unified model on one suite; writes metrics.json, report.md, report.html and plots.
 
@@ -127,6 +128,7 @@ def evaluate(
             instead of stopping at the first.
         device: torch device, or auto (cuda when available).
         prompt: prompt layout: tiny (the tiny base) or janus_pro (Janus-Pro's chat format).
+        progress: show progress bars (the shapes suite).
     """
     if suite not in SUITES:
         raise ValueError(f"suite={suite!r} is not a suite; allowed: {', '.join(SUITES)}")
@@ -140,7 +142,9 @@ def evaluate(
     if suite == "shapes":
         config = _shapes_config(model_path)
         sizes = QUICK_SIZES if quick else DEFAULT_SIZES
-        result = run_shapes_suite(adapter, _scorer(model_path, device), config, sizes, seed)
+        result = run_shapes_suite(
+            adapter, _scorer(model_path, device), config, sizes, seed, progress=progress
+        )
         config_dict: dict[str, Any] = asdict(config)
     else:
         result = run_benchmark(suite, adapter, data, skip_bad=skip_bad, seed=seed)
