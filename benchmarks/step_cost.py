@@ -16,18 +16,27 @@ Models (random weights; timing does not depend on training):
   VQ at 384 px with 16x downsampling (576 codes). `--layers N` cuts both the language model and
   the vision tower to N layers for a quick CPU check; the table says what ran.
 
-Also reported: buffer memory per entry, a stored latent vs a decoded float32 image.
+Also reported: buffer memory per entry (a stored latent vs a decoded float32 image), scaling with
+batch size (`--batch 4,16,64`: one interleaved measurement per batch size), and with `--memory`
+the peak memory of each step kind: on CUDA `torch.cuda.max_memory_allocated` in this process; on
+CPU the peak resident memory sampled during the steps (every millisecond) above the resident
+memory before them, in a fresh subprocess per (mode, batch) after one warm-up step, so neither
+set-up nor another mode's allocations count.
 
     python benchmarks/step_cost.py --model tiny --steps 10
+    python benchmarks/step_cost.py --model tiny --batch 4,16,64 --memory
     python benchmarks/step_cost.py --model janus-1b --layers 1 --steps 1 --modes sft,unigame
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -190,12 +199,87 @@ def measure(name: str, layers: int | None, modes: list[str], batch: int, steps: 
     }
 
 
+def _current_rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc; elsewhere the high-water mark)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class _RssSampler:
+    """Samples resident memory every millisecond in a thread; `peak` is the largest sample."""
+
+    def __enter__(self) -> _RssSampler:
+        import threading
+
+        self.peak = _current_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _current_rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss_bytes())
+
+
+def memory_probe(name: str, layers: int | None, mode: str, batch: int, steps: int) -> dict:
+    """Peak memory of `steps` steps of one mode in this (fresh) process, beyond what set-up holds."""
+    from unigame.data.splits import build_split
+
+    tokenizer = _tokenizer()
+    adapter, _, image_size = build_model(name, layers, tokenizer)
+    tmp = Path(tempfile.mkdtemp(prefix="step_cost-mem-"))
+    records = build_split("train", max(64, batch), 0)
+    trainer = UniGameTrainer(_config(mode, batch, image_size), tmp, adapter, _scorer(tokenizer), records)
+    trainer.setup()
+    cuda = trainer.device.type == "cuda"
+    trainer.train(until_step=1)  # warm-up: lazy initialisation is not the step's memory
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        trainer.train(until_step=1 + steps)
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        before = _current_rss_bytes()
+        with _RssSampler() as sampler:
+            trainer.train(until_step=1 + steps)
+        peak = sampler.peak
+    trainer.cleanup()
+    return {"mode": mode, "batch": batch, "device": trainer.device.type, "setup": before, "peak": peak}
+
+
+def _memory_in_subprocess(args: argparse.Namespace, mode: str, batch: int) -> dict:
+    command = [sys.executable, __file__, "--model", args.model, "--batch", str(batch), "--threads",
+               str(args.threads), "--memory-probe", mode]  # fmt: skip
+    if args.layers is not None:
+        command += ["--layers", str(args.layers)]
+    # Freed blocks go straight back to the OS, so resident memory tracks what the step holds.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", choices=["tiny", "janus-1b"])
     parser.add_argument("--layers", type=int, default=None, help="cut LM and vision depth (quick CPU check)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
-    parser.add_argument("--batch", type=int, default=None, help="default: 16 (tiny), 1 (janus-1b)")
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="batch size(s), comma list for scaling; default: 16 (tiny), 1 (janus-1b)",
+    )
+    parser.add_argument("--memory", action="store_true", help="also measure each mode's peak memory")
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one mode
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode (>= 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -205,32 +289,54 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or "sft" not in modes:
         parser.error(f"--modes must include sft and only name {', '.join(MODES)}; got {args.modes!r}")
     torch.set_num_threads(args.threads)
-    batch = args.batch or (16 if args.model == "tiny" else 1)
-    result = measure(args.model, args.layers, modes, batch, args.steps, max(1, args.warmup))
-    sft = result["seconds"]["sft"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"\nModel: {result['what']}; batch {batch}; {args.steps} timed steps per mode (median), interleaved."
-    )
-    print(
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__} on {torch.get_num_threads()} thread(s), load average {load:.2f} at the end.\n"
-    )
-    print("| step | ms / step | ratio to SFT |")
-    print("|---|---:|---:|")
+    batches = [int(b) for b in str(args.batch or (16 if args.model == "tiny" else 1)).split(",")]
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.model, args.layers, args.memory_probe, batches[0], 2)))
+        return
     labels = {
         "sft": "SFT (clean CE, LoRA update)",
         "unigame": "UniGame, decoder adversary, mining every step",
         "official": "official-style: token adversary + T2I mining every step",
     }
-    for mode in modes:
-        seconds = result["seconds"][mode]
-        print(f"| {labels[mode]} | {1000 * seconds:.1f} | {seconds / sft:.2f}x |")
-    ratio = result["image_bytes"] / result["latent_bytes"]
+    results = {
+        b: measure(args.model, args.layers, modes, b, args.steps, max(1, args.warmup)) for b in batches
+    }
+    memory = {}
+    if args.memory:
+        memory = {(m, b): _memory_in_subprocess(args, m, b) for b in batches for m in modes}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    first = results[batches[0]]
+    print(f"\nModel: {first['what']}; {args.steps} timed steps per mode (median), modes interleaved.")
     print(
-        f"\nBuffer memory per entry: latent {result['latent_bytes']} B vs decoded float32 image "
-        f"{result['image_bytes']} B: {ratio:.1f}x smaller."
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__} on {torch.get_num_threads()} thread(s), load average {load:.2f} at the end.\n"
     )
+    mem_header = " | step peak memory (MiB)" if memory else ""
+    print("| batch | step | ms / step | ratio to SFT" + mem_header + " |")
+    print("|---:|---|---:|---:|" + ("---:|" if memory else ""))
+    for batch, result in results.items():
+        sft = result["seconds"]["sft"]
+        for mode in modes:
+            seconds = result["seconds"][mode]
+            row = f"| {batch} | {labels[mode]} | {1000 * seconds:.1f} | {seconds / sft:.2f}x"
+            if memory:
+                probe = memory[(mode, batch)]
+                row += f" | {(probe['peak'] - probe['setup']) / 2**20:.0f}"
+            print(row + " |")
+    ratio = first["image_bytes"] / first["latent_bytes"]
+    print(
+        f"\nBuffer memory per entry: latent {first['latent_bytes']} B vs decoded float32 image "
+        f"{first['image_bytes']} B: {ratio:.1f}x smaller."
+    )
+    if memory:
+        kind = next(iter(memory.values()))["device"]
+        how = (
+            "torch.cuda.max_memory_allocated above the allocated memory before the steps"
+            if kind == "cuda"
+            else "peak resident memory sampled every ms above the resident memory before the steps "
+            "(glibc told to return freed memory at once)"
+        )
+        print(f"Peak memory: {how}; fresh process per (mode, batch), 2 steps after 1 warm-up step.")
 
 
 if __name__ == "__main__":
