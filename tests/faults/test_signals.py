@@ -77,7 +77,6 @@ def test_sigint_in_process_saves_the_current_step_and_exits_130(tmp_path, janus_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-@pytest.mark.slow
 def test_sigterm_to_a_training_process_saves_and_resume_auto_continues(tmp_path, janus_dir):
     run = tmp_path / "run"
     args = [
