@@ -67,11 +67,6 @@ class LocalData:
     bad: list[BadRecord] = field(default_factory=list)
     examined: int = 0
 
-    def summary(self) -> str:
-        """One line: how many records were left out, and the first ids."""
-        ids = ", ".join(b.id for b in self.bad[:_SHOWN]) + (" ..." if len(self.bad) > _SHOWN else "")
-        return f"{len(self.bad)} of {self.examined} records are bad and were left out (ids: {ids})"
-
 
 def load_local_training_data(
     questions: PathLike,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unigame.data.local import BadRecord, write_bad_records
 from unigame.data.records import VQARecord
 from unigame.game.adversary import (
     Attack,
@@ -137,7 +138,7 @@ class UniGameTrainer:
         self.step = 0  # completed steps
         self.nonfinite_steps = 0
         self.nonfinite_streak = 0  # consecutive non-finite steps, up to optim.max_nonfinite_steps
-        self.bad_records: list[Any] = []  # `BadRecord`s left out of the local data
+        self.bad_records: list[BadRecord] = []  # records left out of local data, with the reason
         self.adversary: DecoderAdversary | EmbeddingAdversary | None = None
         self.miner: ChallengeMiner | GenerationMiner | None = None
         self.filter: SemanticFilter | None = None
@@ -260,8 +261,6 @@ class UniGameTrainer:
         """Name every record left out: a summary warning, and all of them in <run>/bad_records.jsonl."""
         if not self.bad_records:
             return
-        from unigame.data.local import write_bad_records
-
         path = write_bad_records(self.bad_records, self.run_dir / "bad_records.jsonl")
         ids = ", ".join(b.id for b in self.bad_records[:10]) + (" ..." if len(self.bad_records) > 10 else "")
         warnings.warn(
