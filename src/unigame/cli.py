@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from unigame.eval.run import compare, evaluate, generate
 from unigame.game.run import train
+from unigame.game.trainer import NonFiniteRunError
 from unigame.pretrain.base import BaseConfig
 from unigame.reproduce import reproduce
 
@@ -65,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _bare_flags(list(sys.argv[1:] if argv is None else argv))
     if len(args) > 1 and args[0] == "compare" and not any(a.startswith("-") for a in args[1:]):
         args = ["compare", "[" + ",".join(_quote(a) for a in args[1:]) + "]"]  # `unigame compare RUN RUN...`
+    if args and args[0] == "train" and "--trust-remote-code" in args:  # the flag transformers users know
+        # appended last, so a recipe given with --cfg cannot turn it back off
+        args = [a for a in args if a != "--trust-remote-code"] + ["--cfg.model.trust_remote_code=true"]
     try:
         commands = {
             "base": base,
@@ -76,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "reproduce": reproduce,
         }
         auto_cli(commands, args=args)
-    except (ValueError, FileNotFoundError) as err:  # bad config or path: a message, not a traceback
+    except (ValueError, OSError, NonFiniteRunError) as err:  # bad config/data/path, divergence, full disk
         print(f"unigame: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

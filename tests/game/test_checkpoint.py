@@ -10,6 +10,8 @@ import torch
 
 from unigame.game import checkpoint as ckpt
 from unigame.game.checkpoint import (
+    CorruptCheckpointError,
+    NonFiniteStateError,
     capture_rng,
     find_latest_checkpoint,
     load_checkpoint,
@@ -18,6 +20,7 @@ from unigame.game.checkpoint import (
     restore_optimizer,
     restore_rng,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 
@@ -98,3 +101,38 @@ def test_rng_round_trip():
     restore_rng(tensors, meta)
     got = (random.random(), np.random.rand(), torch.rand(1))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_state_is_never_written(tmp_path, bad):
+    first = _save(tmp_path, 1)
+    lora = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        lora.weight[0, 0] = bad
+    with pytest.raises(
+        NonFiniteStateError, match=r"step-00000002: 1 tensor\(s\) hold NaN/Inf \(lora:weight\)"
+    ):
+        save_checkpoint(tmp_path, 2, lora, {"w": torch.zeros(3)}, {"step": 2})
+    with pytest.raises(NonFiniteStateError, match=r"\(optim.m\)"):
+        save_checkpoint(
+            tmp_path,
+            2,
+            None,
+            {"optim.m": torch.tensor([0.0, bad]), "rng": torch.zeros(2, dtype=torch.uint8)},
+            {},
+        )
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+
+
+def test_checksums_catch_damage_after_the_write(tmp_path):
+    path = _save(tmp_path, 1)
+    verify_checkpoint(path)
+    data = bytearray((path / "state.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the tensor bytes: the file still parses
+    (path / "state.safetensors").write_bytes(bytes(data))
+    assert load_checkpoint(path).meta == {"step": 1}  # loadable, silently wrong without the checksum
+    with pytest.raises(CorruptCheckpointError, match=r"state.safetensors is corrupt: .* bytes, SHA-256"):
+        verify_checkpoint(path)
+    (path / "state.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(CorruptCheckpointError, match=r"state.safetensors is unreadable"):
+        load_checkpoint(path)

@@ -134,3 +134,47 @@ def test_config_diff_names_dotted_keys():
     b = TrainConfig(game=GameConfig(beta=0.3), optim=OptimConfig(steps=7)).to_dict()
     assert config_diff(a, b) == ["game.beta: 0.5 -> 0.3", "optim.steps: 300 -> 7"]
     assert config_diff(a, a) == []
+
+
+def test_local_data_keys_are_checked_together():
+    missing = TrainConfig(data=DataConfig(source="vqav2", max_items=0, max_bad_fraction=1.0))
+    errors = "\n".join(missing.errors())
+    for expected in (
+        "data.questions is required with data.source='vqav2'",
+        "data.annotations is required",
+        "data.images is required",
+        "data.image_size is required with data.source='vqav2'",
+        "data.max_items=0 is invalid: allowed an int >= 1",
+        "data.max_bad_fraction=1.0 is invalid: allowed a number in [0, 1)",
+    ):
+        assert expected in errors
+    stray = TrainConfig(data=DataConfig(questions="q.json")).errors()
+    assert stray == [
+        "data.questions='q.json' is set but data.source='shapes' ignores it; set data.source vqav2"
+    ]
+    assert "data.source='coco' is invalid" in "\n".join(TrainConfig(data=DataConfig(source="coco")).errors())
+    assert "optim.max_nonfinite_steps=0" in "\n".join(
+        TrainConfig(optim=OptimConfig(max_nonfinite_steps=0)).errors()
+    )
+    assert TrainConfig().model.trust_remote_code is False
+
+
+def test_path_errors_name_each_key_and_what_is_wrong(tmp_path):
+    (tmp_path / "q.json").write_text("{}")
+    cfg = TrainConfig(
+        model=ModelConfig(path=str(tmp_path / "no-model"), scorer_path=str(tmp_path / "q.json")),
+        data=DataConfig(
+            source="vqav2",
+            image_size=32,
+            questions=str(tmp_path / "q.json"),
+            annotations=str(tmp_path),
+            images=str(tmp_path / "no-images"),
+        ),
+    ).validate()
+    assert cfg.path_errors() == [
+        f"model.path={str(tmp_path / 'no-model')!r}: it does not exist; expected a directory",
+        f"model.scorer_path={str(tmp_path / 'q.json')!r}: it is not a directory; expected a directory",
+        f"data.annotations={str(tmp_path)!r}: it is not a file; expected a file",
+        f"data.images={str(tmp_path / 'no-images')!r}: it does not exist; expected a directory",
+    ]
+    assert [e.split("=")[0] for e in cfg.path_errors(model=False)] == ["data.annotations", "data.images"]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from unigame.game.adversary import Attack
+from unigame.game.checkpoint import NonFiniteStateError, find_latest_checkpoint
 from unigame.game.run_logging import read_metrics
-from unigame.game.trainer import UniGameTrainer
+from unigame.game.trainer import NonFiniteRunError, UniGameTrainer
 
 from .conftest import PaletteScorer, ToyUnifiedModel, small_config
 
@@ -191,6 +192,47 @@ def test_non_finite_loss_skips_the_step_and_counts_it(tmp_path, make_janus, reco
     assert trainer.nonfinite_steps == 1 and trainer.step == 2
     trainer.cleanup()
     assert read_metrics(tmp_path / "run" / "metrics.csv")["nonfinite_steps"].tolist() == [1, 1]
+
+
+def test_consecutive_non_finite_steps_abort_but_isolated_ones_do_not(tmp_path, make_janus, records):
+    cfg = small_config(steps=10)
+    cfg.optim.max_nonfinite_steps = 3
+    trainer = _trainer(tmp_path, make_janus(), records, cfg)
+    original = trainer.adapter.understanding_loss
+    poisoned = {2, 3, 5, 6, 7, 8}  # steps (1-based) whose losses are NaN: runs of 2, then of 4
+
+    def maybe_nan(pixels, questions, answers):
+        loss = original(pixels, questions, answers)
+        return loss * float("nan") if trainer.step + 1 in poisoned else loss
+
+    trainer.adapter.understanding_loss = maybe_nan
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteRunError) as info:
+        trainer.train()
+    assert "3 consecutive steps (5-7) had a non-finite loss" in str(info.value)
+    assert "optim.max_nonfinite_steps=3" in str(info.value)
+    assert trainer.step == 7 and trainer.nonfinite_steps == 5  # the run of 2 was survived
+    trainer.cleanup()
+    assert read_metrics(tmp_path / "run" / "metrics.csv")["nonfinite_steps"].tolist()[-1] == 5
+
+
+def test_a_non_finite_state_is_never_checkpointed(tmp_path, make_janus, records):
+    trainer = _trainer(tmp_path, make_janus(), records, small_config(steps=2))
+    trainer.train(until_step=1)
+    good = trainer.save_checkpoint()
+    lora_b = next(p for n, p in trainer.peft_model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora_b[0, 0] = float("nan")
+    with pytest.warns(UserWarning, match="step 2: non-finite"):
+        trainer.train()  # step 2 runs on the poisoned weights (its loss is NaN: skipped)...
+    with pytest.raises(NonFiniteStateError, match=r"lora:.*lora_B"):
+        trainer.save_checkpoint()  # ...but the state is not written
+    with torch.no_grad():
+        lora_b[0, 0] = 0.0
+        next(iter(trainer.perturber.parameters())).view(-1)[0] = float("inf")
+    with pytest.raises(NonFiniteStateError, match=r"perturber\."):
+        trainer.save_checkpoint()
+    assert find_latest_checkpoint(tmp_path / "run") == good
+    trainer.cleanup()
 
 
 @pytest.mark.parametrize(

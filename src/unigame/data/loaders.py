@@ -1,11 +1,13 @@
-"""Readers for public benchmark files on local disk (VQAv2, AdVQA, POPE, NaturalBench, MMMU, GenEval).
+"""Readers for public benchmark files on local disk (VQAv2, AdVQA, POPE, NaturalBench, MMMU, GenEval)
+and image-caption sets (CC3M-style subsets).
 
 Every loader returns a `Loaded` list: plain `VQARecord`s (a small `GenEvalPrompt` for GenEval)
 with images referenced by path and decoded only when `load_image` is called. Schema problems
 raise `DataFormatError`, whose message names the file, the row and the field. With
 ``skip_bad=True`` a bad row is skipped instead, logged, and its error kept in
 ``Loaded.skipped`` so callers can report how many rows were dropped and why; nothing is ever
-skipped silently.
+skipped silently. Text that is not valid UTF-8 is an error of the row that holds it (the file is
+read with `surrogateescape`, so one bad byte does not take the whole file down).
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import numpy as np
 from unigame.data.records import VQARecord
 
 __all__ = [
+    "CAPTION_PROMPT",
     "DataFormatError",
     "GenEvalPrompt",
     "Loaded",
+    "MAX_IMAGE_PIXELS",
     "POPE_SPLITS",
     "load_advqa",
+    "load_captions",
     "load_geneval_prompts",
     "load_image",
     "load_images",
@@ -45,19 +50,32 @@ T = TypeVar("T")
 
 PathLike = str | os.PathLike[str]
 
+# Decompression-bomb guard: an image of more pixels is refused before it is decoded (PIL's own
+# guard only warns below 2x its limit). 40 MP holds any camera photo; CC3M/COCO are ~0.3 MP.
+MAX_IMAGE_PIXELS = 40_000_000
+
 
 class DataFormatError(ValueError):
     """A benchmark file does not have the expected layout.
 
     ``file``, ``row`` (e.g. "line 3 (question_id 42)", "questions[5]", or None for whole-file
-    problems) and ``field`` are kept as attributes; the message names all three.
+    problems) and ``field`` are kept as attributes; the message names all three. ``record_id`` is
+    the id of the record the row would have become, once the row got that far (else None).
     """
 
-    def __init__(self, file: PathLike, row: str | None, field: str | None, problem: str) -> None:
+    def __init__(
+        self,
+        file: PathLike,
+        row: str | None,
+        field: str | None,
+        problem: str,
+        record_id: str | None = None,
+    ) -> None:
         self.file = str(file)
         self.row = row
         self.field = field
         self.problem = problem
+        self.record_id = record_id
         where = self.file
         if row is not None:
             where += f", {row}"
@@ -105,13 +123,15 @@ class _Row:
         self.file = file
         self.where = where
         self.data = data
+        self.record_id: str | None = None
 
     def name(self, label: str, value: Any) -> None:
         """Add the row's id to its location once it is known."""
         self.where = f"{self.where} ({label} {value!r})"
+        self.record_id = str(value)
 
     def error(self, field: str | None, problem: str) -> DataFormatError:
-        return DataFormatError(self.file, self.where, field, problem)
+        return DataFormatError(self.file, self.where, field, problem, self.record_id)
 
     def get(self, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
         if key not in self.data or self.data[key] is None:
@@ -124,7 +144,24 @@ class _Row:
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
             raise self.error(key, f"expected {names}, got {type(value).__name__} {value!r}")
+        if isinstance(value, str):
+            _check_utf8(self, key, value)
         return value
+
+    def text(self, key: str) -> str:
+        """A required string field that must hold more than whitespace (questions, answers, captions)."""
+        value = self.get(key, str)
+        if not value.strip():
+            raise self.error(key, "empty")
+        return value
+
+
+def _check_utf8(row: _Row, key: str, value: str) -> None:
+    """Bytes that were not UTF-8 come back from `surrogateescape` decoding as lone surrogates."""
+    bad = [c for c in value if "\udc80" <= c <= "\udcff"]
+    if bad:
+        raw = ", ".join(f"0x{ord(c) - 0xDC00:02x}" for c in bad[:3])
+        raise row.error(key, f"not valid UTF-8 text (byte(s) {raw}); re-encode the file as UTF-8")
 
 
 def _collect(
@@ -151,7 +188,7 @@ def _collect(
 
 def _read_json(path: PathLike) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise DataFormatError(path, None, None, f"not valid JSON ({err})") from err
@@ -159,7 +196,7 @@ def _read_json(path: PathLike) -> Any:
 
 def _iter_jsonl(path: PathLike) -> Iterator[tuple[str, Any]]:
     """(location, object) per non-blank line; an unparseable line yields its DataFormatError."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -187,7 +224,7 @@ def _iter_table(path: PathLike) -> Iterator[tuple[str, Any]]:
 
 
 def _starts_with(path: PathLike, char: str) -> bool:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         head = f.read(4096).lstrip()
     return head.startswith(char)
 
@@ -215,14 +252,21 @@ def _image_value(row: _Row, key: str, value: Any, base_dir: Path) -> str | bytes
     return str(path)
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _to_rgb(img: Any) -> np.ndarray:
     """PIL image -> (H, W, 3) uint8. Transparent images are composited on white (as Hugging Face
-    image processors do) so transparent pixels do not turn black; other modes (L, 1, P, CMYK,
-    YCbCr, I) use PIL's conversion."""
+    image processors do) so transparent pixels do not turn black; 16-bit grayscale (I;16, and I,
+    as which PIL may open it) is scaled by 255/65535 (PIL's own conversion clips it, turning most
+    pixels white); other modes (L, 1, P, CMYK, YCbCr) use PIL's conversion."""
     from PIL import Image
 
     if img.mode == "RGB":
         return np.asarray(img, dtype=np.uint8).copy()
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(img).astype(np.float64).clip(0, 65535) * (255 / 65535)  # (H, W)
+        return np.repeat(np.rint(grey).astype(np.uint8)[:, :, None], 3, axis=2)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info
     )
@@ -233,27 +277,46 @@ def _to_rgb(img: Any) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _decode(ref: str | bytes, record_id: str) -> np.ndarray:
+def _decode(ref: str | bytes, record_id: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     source = ref if isinstance(ref, str) else io.BytesIO(ref)
     label = ref if isinstance(ref, str) else "<embedded image bytes>"
+
+    def error(problem: str) -> DataFormatError:
+        return DataFormatError(label, f"id {record_id!r}", "image", problem, record_id)
+
     try:
-        with Image.open(source) as img:
+        with warnings.catch_warnings():
+            # Our own limit below replaces PIL's bomb warning (which names neither record nor file).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_cm = Image.open(source)
+        with img_cm as img:
+            width, height = img.size  # from the header: nothing is decoded yet
+            if width * height > max_pixels:
+                raise error(
+                    f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                    f"{max_pixels:,} (decompression-bomb guard); downscale the file or raise the limit"
+                )
             img.load()
             return _to_rgb(img)
     except FileNotFoundError as err:
-        raise DataFormatError(label, f"id {record_id!r}", "image", "image file not found") from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataFormatError(label, f"id {record_id!r}", "image", f"cannot decode image ({err})") from err
+        raise error("image file not found") from err
+    except Image.DecompressionBombError as err:
+        raise error(f"image refused by the decompression-bomb guard ({err})") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise error(f"cannot decode image ({err})") from err
 
 
-def load_image(record: VQARecord) -> np.ndarray:
+def load_image(record: VQARecord, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode a record's (first) image as an (H, W, 3) uint8 RGB array.
 
     Uses ``record.image`` when already in memory, else embedded bytes in
     ``record.meta["image_bytes"]`` (parquet exports), else ``record.image_path``. Grayscale,
-    palette, CMYK and alpha images are converted to RGB (alpha composited on white).
+    16-bit, palette, CMYK and alpha images are converted to RGB (alpha composited on white).
+    A file of more than ``max_pixels`` pixels raises `DataFormatError` before it is decoded.
     """
     if record.image is not None:
         arr = np.asarray(record.image)
@@ -264,9 +327,9 @@ def load_image(record: VQARecord) -> np.ndarray:
         return arr
     data = record.meta.get("image_bytes")
     if isinstance(data, bytes):
-        return _decode(data, record.id)
+        return _decode(data, record.id, max_pixels)
     if record.image_path:
-        return _decode(record.image_path, record.id)
+        return _decode(record.image_path, record.id, max_pixels)
     raise ValueError(f"record {record.id!r} has no image, image_path or meta['image_bytes']")
 
 
@@ -338,25 +401,31 @@ def load_vqav2(
                 annotations[qid] = _Row(annotations_json, f"annotations[{i}]", raw)
                 annotations[qid].name("question_id", qid)
     find_image = _vqa_image_lookup(Path(images_dir), subtype) if images_dir is not None else None
+    first_seen: dict[int, str] = {}
 
     def parse(row: _Row) -> list[VQARecord]:
         qid = row.get("question_id", int)
+        where = row.where
         row.name("question_id", qid)
+        if qid in first_seen:
+            raise row.error("question_id", f"duplicate id (first at {first_seen[qid]}); the first is kept")
+        first_seen[qid] = where
         image_id = row.get("image_id", int)
-        question = row.get("question", str)
+        question = row.text("question")
         answer, answers = "", []
         meta: dict[str, Any] = {"question_id": qid, "image_id": image_id, "split": subtype, "source": source}
         if annotations is not None:
             ann = annotations.get(qid)
             if ann is None:
                 raise row.error("question_id", "no annotation has this question_id")
-            answer = ann.get("multiple_choice_answer", str)
+            answer = ann.text("multiple_choice_answer")
             raw_answers = ann.get("answers", list)
             if not raw_answers:
                 raise ann.error("answers", "empty list")
             for j, a in enumerate(raw_answers):
                 if not isinstance(a, dict) or not isinstance(a.get("answer"), str):
                     raise ann.error(f"answers[{j}].answer", f"expected a string answer, got {a!r}")
+                _check_utf8(ann, f"answers[{j}].answer", a["answer"])
                 answers.append(a["answer"])
             meta["question_type"] = ann.get("question_type", str, optional=True)
             meta["answer_type"] = ann.get("answer_type", str, optional=True)
@@ -390,6 +459,83 @@ def load_advqa(
     """Load AdVQA, which ships in the VQAv2 question/annotation format (COCO val2017 images,
     named 000000xxxxxx.jpg); ``meta["source"]`` is "advqa"."""
     return load_vqav2(questions_json, annotations_json, images_dir, skip_bad=skip_bad, source="advqa")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-caption sets (CC3M-style subsets)
+# ---------------------------------------------------------------------------------------------
+
+CAPTION_PROMPT = "Describe the image."
+
+
+def _iter_tsv(path: PathLike) -> Iterator[tuple[str, Any]]:
+    """Rows of a tab-separated file whose first line names the columns, as dicts."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        for lineno, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            cells = line.rstrip("\r\n").split("\t")
+            if len(cells) != len(header):
+                yield (
+                    f"line {lineno}",
+                    DataFormatError(
+                        path,
+                        f"line {lineno}",
+                        None,
+                        f"expected {len(header)} tab-separated cells, got {len(cells)}",
+                    ),
+                )
+            else:
+                yield f"line {lineno}", dict(zip(header, cells))
+
+
+def load_captions(
+    path: PathLike,
+    images_dir: PathLike | None = None,
+    *,
+    prompt: str = CAPTION_PROMPT,
+    skip_bad: bool = False,
+) -> Loaded[VQARecord]:
+    """Load an image-caption set: a .jsonl (or .json list) or a .tsv with a header line.
+
+    Columns: ``image`` (a path relative to ``images_dir``, default the file's folder, or a
+    {"bytes", "path"} struct), ``caption``, and optionally ``id`` (default: the image file's stem,
+    as img2dataset names CC3M downloads). Each caption becomes a record asking ``prompt`` with the
+    caption as the answer and as ``caption`` (the semantic filter's text). Ids must be unique.
+    """
+    base = Path(images_dir) if images_dir is not None else Path(path).parent
+    rows = _iter_tsv(path) if Path(path).suffix.lower() == ".tsv" else _iter_table(path)
+    first_seen: dict[str, str] = {}
+
+    def parse(row: _Row) -> list[VQARecord]:
+        where = row.where
+        image = _image_ref(row, "image", base)
+        given = row.get("id", (str, int), optional=True)
+        if given is None and not isinstance(image, str):
+            raise row.error("id", "required when the image is embedded bytes")
+        rid = str(given) if given is not None else Path(str(image)).stem
+        row.name("id", rid)
+        if rid in first_seen:
+            raise row.error("id", f"duplicate id (first at {first_seen[rid]}); the first is kept")
+        first_seen[rid] = where
+        caption = row.text("caption")
+        meta: dict[str, Any] = {"source": "captions"}
+        if isinstance(image, bytes):
+            meta["image_bytes"], image = image, None
+        return [
+            VQARecord(
+                id=rid,
+                question=prompt,
+                answer=caption,
+                image_path=image,
+                answers=[caption],
+                caption=caption,
+                meta=meta,
+            )
+        ]
+
+    return _collect(path, rows, parse, skip_bad)
 
 
 # ---------------------------------------------------------------------------------------------

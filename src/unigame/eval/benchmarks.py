@@ -42,6 +42,7 @@ from unigame.data.loaders import (
     load_pope,
     load_vqav2,
 )
+from unigame.data.pixels import PAD_GREY, square_resize
 from unigame.data.records import VQARecord
 from unigame.eval.common import SuiteResult, images_to_pixels, predict
 from unigame.eval.metrics import (
@@ -68,7 +69,6 @@ MMMU_MC_TEMPLATE = (
 MMMU_OPEN_TEMPLATE = "{question}\n\nAnswer the question using a single word or phrase."
 # Answer length budgets (new tokens) per suite: short answers, MMMU's can be a number or phrase.
 MAX_NEW_TOKENS = {"vqav2": 16, "advqa": 16, "pope": 16, "naturalbench": 16, "mmmu": 32}
-PAD_GREY = 127  # Janus-Pro pads to square with its image mean (0.5 * 255)
 
 
 class _Pixels:
@@ -91,20 +91,6 @@ class _Pixels:
                 self.failed[record.id] = str(err)
                 images.append(np.full((self.size, self.size, 3), PAD_GREY, dtype=np.uint8))
         return images_to_pixels(images)
-
-
-def square_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3): pad the short side with grey (centred), then resize."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    side = max(h, w)
-    canvas = np.full((side, side, 3), PAD_GREY, dtype=np.uint8)
-    top, left = (side - h) // 2, (side - w) // 2
-    canvas[top : top + h, left : left + w] = image
-    if side == size:
-        return canvas
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BICUBIC), dtype=np.uint8)
 
 
 def _find(folder: Path, pattern: str, what: str) -> Path:

@@ -72,6 +72,10 @@ def load_model(
                 f"--lora {lora!r} is not a peft adapter folder (no adapter_config.json); pass the `lora/` "
                 "folder of a training checkpoint"
             )
+        if not (lora_dir / "adapter_model.safetensors").is_file():  # peft would unpickle a .bin
+            raise FileNotFoundError(
+                f"--lora {lora!r} has no adapter_model.safetensors; pickled adapter weights are not loaded"
+            )
         PeftModel.from_pretrained(adapter.model, str(lora_dir))  # injects LoRA layers in place
         adapter.model.eval()
     return adapter, path

@@ -3,7 +3,7 @@
 Epoch e visits the records in the order `np.random.default_rng([seed, e]).permutation(n)`, in
 full batches (a remainder smaller than a batch is skipped, so every step sees `batch_size`
 items). The position is (epoch, cursor): restoring it continues with exactly the batch an
-uninterrupted run would have drawn next.
+uninterrupted run would have drawn next. `training_records` builds the records a config names.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unigame.data.local import BadRecord
 from unigame.data.records import VQARecord
+from unigame.game.config import DataConfig
 
-__all__ = ["Batch", "RecordBatches", "check_records"]
+__all__ = ["Batch", "RecordBatches", "check_records", "training_records"]
 
 
 @dataclass
@@ -51,6 +53,29 @@ def check_records(records: list[VQARecord]) -> None:
             raise ValueError(f"record {record.id!r} has an empty question or answer.")
 
 
+def training_records(cfg: DataConfig) -> tuple[list[VQARecord], list[BadRecord]]:
+    """The records `cfg.source` names, and the bad ones left out (always none for ShapesWorld)."""
+    if cfg.source == "shapes":
+        from unigame.data.splits import build_split
+
+        return build_split("train", cfg.train_items, cfg.split_seed, cfg.shapes), []
+    from unigame.data.local import load_local_training_data
+
+    data = load_local_training_data(
+        cfg.questions,
+        cfg.annotations,
+        cfg.images,
+        cfg.image_size,
+        captions=cfg.captions,
+        caption_images=cfg.caption_images,
+        caption_prompt=cfg.caption_prompt,
+        max_items=cfg.max_items,
+        max_pixels=cfg.max_image_pixels,
+        max_bad_fraction=cfg.max_bad_fraction,
+    )
+    return data.records, data.bad
+
+
 class RecordBatches:
     """Endless, seeded, resumable batches of records; `state_dict()` is the data position."""
 
@@ -75,7 +100,14 @@ class RecordBatches:
         self.seed = seed
         self.image_size = image_size
         self.device = torch.device(device)
-        self._images = torch.from_numpy(np.stack([r.image for r in records]))  # (n, H, W, 3) uint8
+        # Records asking about the same image share its array: store each image once.
+        slot: dict[int, int] = {}
+        index = [slot.setdefault(id(r.image), len(slot)) for r in records]
+        unique = {i: r.image for i, r in zip(index, records)}
+        self._images = torch.from_numpy(
+            np.stack([unique[i] for i in range(len(unique))])
+        )  # (m, H, W, 3) uint8
+        self._image_of = torch.tensor(index)  # (n,) record -> row of _images
         self.epoch = 0
         self.cursor = 0
         self._order = self._permutation(0)
@@ -96,7 +128,7 @@ class RecordBatches:
 
     def batch(self, index: list[int]) -> Batch:
         """The batch of the records at `index` (used for replay panels too)."""
-        pixels = self._images[index].permute(0, 3, 1, 2).float().div(255.0)  # (B, 3, H, W)
+        pixels = self._images[self._image_of[index]].permute(0, 3, 1, 2).float().div(255.0)  # (B, 3, H, W)
         if self.image_size is not None and pixels.shape[-1] != self.image_size:
             pixels = F.interpolate(
                 pixels, size=(self.image_size, self.image_size), mode="bilinear", antialias=True

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
+from unigame.data.loaders import CAPTION_PROMPT, MAX_IMAGE_PIXELS
 from unigame.data.shapes import ShapesConfig
 
 __all__ = [
@@ -35,6 +37,7 @@ Calibration = Literal["absolute", "relative_to_clean"]
 Budget = Literal["auto", "absolute", "relative"]
 Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro"]
+DataSource = Literal["shapes", "vqav2"]
 
 
 class ConfigError(ValueError):
@@ -60,6 +63,9 @@ class ModelConfig:
         lora_r: LoRA rank (paper 16), >= 1.
         lora_alpha: LoRA alpha (paper 32), > 0.
         lora_dropout: LoRA dropout (paper 0.05), in [0, 1).
+        trust_remote_code: let transformers run Python code shipped in the model directory. Off:
+            such code runs with your permissions, so turn it on (or pass --trust-remote-code) only
+            for a directory you trust.
     """
 
     path: str | None = None
@@ -70,26 +76,57 @@ class ModelConfig:
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
+    trust_remote_code: bool = False
 
 
 @dataclass
 class DataConfig:
-    """The ShapesWorld training stream.
+    """The training records: generated ShapesWorld scenes, or a VQAv2-format split on local disk.
 
     Args:
-        train_items: records of the ShapesWorld `train` split, >= 1.
-        split_seed: seed of the split (`build_split("train", train_items, split_seed)`), >= 0.
+        source: `shapes` (ShapesWorld, generated) or `vqav2` (local files: `questions`,
+            `annotations`, `images`, optionally a caption set; the paper's VQAv2 + CC3M subset).
+        train_items: records of the ShapesWorld `train` split (source shapes), >= 1.
+        split_seed: seed of the ShapesWorld split and of the data order of every source, >= 0.
         batch_size: items per step, >= 1.
-        image_size: resize images to this side before the model (Janus-Pro: 384); None keeps the
-            rendered size (the tiny base is trained at `shapes.image_size`).
+        image_size: side of the square model input (Janus-Pro: 384). Source shapes: None keeps the
+            rendered size. Source vqav2: required; images are padded to a square with grey and
+            resized (Janus-Pro's own preprocessing).
         shapes: what the scenes contain; must match what the base model was trained on.
+        questions: VQAv2 questions JSON (v2_OpenEnded_mscoco_train2014_questions.json).
+        annotations: VQAv2 annotations JSON (v2_mscoco_train2014_annotations.json); the answer
+            trained on is multiple_choice_answer.
+        images: folder of the COCO images the questions refer to (train2014/).
+        captions: optional image-caption set (a CC3M subset): .jsonl or .tsv with columns image,
+            caption and optionally id. Each caption is an extra record asking `caption_prompt`;
+            its caption is the semantic filter's text.
+        caption_images: folder the caption set's image paths are relative to; None: the folder of
+            `captions`.
+        caption_prompt: the question asked of caption records.
+        max_items: use at most this many VQAv2 records (the first usable ones in file order), >= 1;
+            None: all. Every used image is held in memory at image_size (442 KB each at 384 px).
+        max_image_pixels: refuse (as a bad record) an image file of more pixels, before decoding
+            it: the decompression-bomb guard, >= 1.
+        max_bad_fraction: fail when more than this fraction of the local records is bad (a wrong
+            path or a broken export rather than a few broken files), in [0, 1). Bad records below
+            it are left out and listed in <run>/bad_records.jsonl.
     """
 
+    source: DataSource = "shapes"
     train_items: int = 2000
     split_seed: int = 0
     batch_size: int = 16
     image_size: int | None = None
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    questions: str | None = None
+    annotations: str | None = None
+    images: str | None = None
+    captions: str | None = None
+    caption_images: str | None = None
+    caption_prompt: str = CAPTION_PROMPT
+    max_items: int | None = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_bad_fraction: float = 0.5
 
 
 @dataclass
@@ -178,6 +215,8 @@ class OptimConfig:
             steps 2e-5 changes the tiny model's 0.1-scale weights by ~1e-3 (nothing), 1e-3 by ~0.1.
         weight_decay: AdamW weight decay of both players, >= 0.
         grad_clip: max gradient norm of each player (0 = off), >= 0.
+        max_nonfinite_steps: abort the run after this many consecutive steps with a non-finite loss
+            or gradient (each is skipped and counted), >= 1.
     """
 
     steps: int = 300
@@ -185,6 +224,7 @@ class OptimConfig:
     und_lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    max_nonfinite_steps: int = 10
 
 
 @dataclass
@@ -217,7 +257,7 @@ class TrainConfig:
     Args:
         seed: seed of LoRA and perturber init, dropout and replay sampling, >= 0.
         model: the unified model, its device, precision and LoRA.
-        data: the ShapesWorld training stream.
+        data: the training records (ShapesWorld or local VQAv2-format files).
         game: the challenger, the filter, the buffer (game.enabled false = SFT baseline).
         optim: run length and both players' optimisers.
         logging: metrics, checkpoints, plots.
@@ -240,6 +280,11 @@ class TrainConfig:
         if problems:
             raise ConfigError(problems)
         return self
+
+    def path_errors(self, model: bool = True) -> list[str]:
+        """Every configured path that does not exist, one line each naming the key (checked before
+        anything loads; `model=False` skips the model keys, for a trainer given an adapter)."""
+        return _path_errors(self, model)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON/YAML-able dict (tuples become lists)."""
@@ -280,6 +325,13 @@ def _errors(cfg: TrainConfig) -> list[str]:
     choice("model.precision", m.precision, Precision)
     _check(errors, "model.device", m.device, _valid_device(m.device), "cpu, cuda, cuda:N, mps, xpu")
     ge("model.lora_r", m.lora_r, 1)
+    _check(
+        errors,
+        "model.trust_remote_code",
+        m.trust_remote_code,
+        isinstance(m.trust_remote_code, bool),
+        "true | false",
+    )
     num("model.lora_alpha", m.lora_alpha, lambda v: v > 0, "a number > 0")
     num("model.lora_dropout", m.lora_dropout, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
@@ -289,6 +341,34 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("data.batch_size", d.batch_size, 1)
     if d.image_size is not None:
         ge("data.image_size", d.image_size, 8)
+    choice("data.source", d.source, DataSource)
+    if d.max_items is not None:
+        ge("data.max_items", d.max_items, 1)
+    ge("data.max_image_pixels", d.max_image_pixels, 1)
+    num("data.max_bad_fraction", d.max_bad_fraction, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    _check(
+        errors,
+        "data.caption_prompt",
+        d.caption_prompt,
+        isinstance(d.caption_prompt, str) and d.caption_prompt.strip(),
+        "a non-empty question",
+    )
+    if d.source == "vqav2":
+        for key in ("questions", "annotations", "images"):
+            if getattr(d, key) is None:
+                errors.append(
+                    f"data.{key} is required with data.source='vqav2': set it to the local {_PATH_KIND[key]}"
+                )
+        if d.image_size is None:
+            errors.append(
+                "data.image_size is required with data.source='vqav2' (images differ in size); Janus-Pro: 384"
+            )
+    elif d.source == "shapes":
+        for key in _LOCAL_KEYS:
+            if getattr(d, key) is not None:
+                errors.append(
+                    f"data.{key}={getattr(d, key)!r} is set but data.source='shapes' ignores it; set data.source vqav2"
+                )
     try:
         d.shapes.validate()
     except ValueError as err:
@@ -339,6 +419,7 @@ def _errors(cfg: TrainConfig) -> list[str]:
 
     o = cfg.optim
     ge("optim.steps", o.steps, 1)
+    ge("optim.max_nonfinite_steps", o.max_nonfinite_steps, 1)
     num("optim.gen_lr", o.gen_lr, lambda v: v > 0, "a number > 0 (paper 5e-3)")
     num("optim.und_lr", o.und_lr, lambda v: v > 0, "a number > 0 (paper 2e-5)")
     num("optim.weight_decay", o.weight_decay, lambda v: v >= 0, "a number >= 0")
@@ -349,6 +430,34 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("logging.checkpoint_every", lg.checkpoint_every, 0)
     ge("logging.keep_checkpoints", lg.keep_checkpoints, 1)
     ge("logging.panel_items", lg.panel_items, 0)
+    return errors
+
+
+_LOCAL_KEYS = ("questions", "annotations", "images", "captions", "caption_images", "max_items")
+_PATH_KIND = {
+    "questions": "VQAv2 questions JSON file",
+    "annotations": "VQAv2 annotations JSON file",
+    "images": "image folder",
+    "captions": "caption .jsonl/.tsv file",
+    "caption_images": "caption image folder",
+}
+
+
+def _path_errors(cfg: TrainConfig, model: bool) -> list[str]:
+    expected: list[tuple[str, Any, bool]] = []  # (key, value, is a directory)
+    if model:
+        expected += [("model.path", cfg.model.path, True), ("model.scorer_path", cfg.model.scorer_path, True)]
+    if cfg.data.source == "vqav2":
+        expected += [(f"data.{k}", getattr(cfg.data, k), "images" in k) for k in _PATH_KIND]
+    errors = []
+    for key, value, is_dir in expected:
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if not (path.is_dir() if is_dir else path.is_file()):
+            kind = "a directory" if is_dir else "a file"
+            found = "it is not " + kind if path.exists() else "it does not exist"
+            errors.append(f"{key}={value!r}: {found}; expected {kind}")
     return errors
 
 

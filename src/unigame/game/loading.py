@@ -80,7 +80,11 @@ def load_adapter(cfg: ModelConfig, path: Path | None = None) -> JanusAdapter:
     path = resolve_model_path(cfg) if path is None else path
     _check_janus_dir(path)
     model, info = JanusForConditionalGeneration.from_pretrained(
-        path, local_files_only=True, output_loading_info=True, trust_remote_code=False
+        path,
+        local_files_only=True,
+        output_loading_info=True,
+        use_safetensors=True,  # a pickled pytorch_model.bin could run code when loaded
+        trust_remote_code=cfg.trust_remote_code,
     )
     missing = info.get("missing_keys") or []
     frozen = {module for module, _ in JANUS_MODULES.values()} | {"model.aligner", "model.generation_head"}
@@ -90,7 +94,9 @@ def load_adapter(cfg: ModelConfig, path: Path | None = None) -> JanusAdapter:
             f"model.path={str(path)!r} has no weights for module(s) {', '.join(absent)} (they would be "
             f"random); adapter tried: {ADAPTER_TRIED}."
         )
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=cfg.trust_remote_code
+    )
     prompt = JANUS_PRO_PROMPT if cfg.prompt == "janus_pro" else TINY_PROMPT
     return JanusAdapter(model.to(torch.device(cfg.device)).eval(), tokenizer, prompt)
 
@@ -101,7 +107,7 @@ def load_scorer(cfg: ModelConfig, model_path: Path) -> ClipScorer:
 
     path = Path(cfg.scorer_path).expanduser() if cfg.scorer_path else model_path / "clip"
     try:
-        return ClipScorer.from_pretrained(path, device=cfg.device)
+        return ClipScorer.from_pretrained(path, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"model.scorer_path: {err}. Point model.scorer_path at a local CLIP/SigLIP directory, "

@@ -1,7 +1,8 @@
 """The `train` entry point: config in, a trained LoRA + perturber, logs, plots and checkpoints out.
 
 The lead wires `train` into `unigame.cli` (jsonargparse `auto_cli`); it can also be called from
-Python. Config errors (unknown keys, out-of-range values) stop it before any model is loaded.
+Python. Config errors (unknown keys, out-of-range values, missing paths) stop it before any model
+is loaded. SIGINT/SIGTERM end it at the next step boundary with a checkpoint and exit code 130/143.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from unigame.game.checkpoint import resolve_resume
 from unigame.game.config import TrainConfig
+from unigame.game.signals import exit_code, stop_on_signals
 
 __all__ = ["default_run_dir", "load_recipe", "train"]
 
@@ -53,8 +55,18 @@ def train(
     trainer = UniGameTrainer(cfg, run_dir)
     try:
         trainer.setup(resume=checkpoint)
-        trainer.train()
-        path = trainer.save_checkpoint()
+        # From here a signal is a request, checked at step boundaries: the step in flight finishes
+        # and is saved. The handlers stay on through the save, so a second signal cannot cut it.
+        with stop_on_signals() as stop:
+            trainer.train(stop=stop)
+            path = trainer.save_checkpoint()
+        if stop:
+            print(
+                f"\nunigame: stopped by {stop.name} after step {trainer.step}; checkpoint saved: {path}\n"
+                f"resume with: --resume auto --output {run_dir}",
+                flush=True,
+            )
+            raise SystemExit(exit_code(stop.signum))
         trainer.write_report()
         print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
     finally:

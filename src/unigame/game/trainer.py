@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unigame.data.local import BadRecord, write_bad_records
 from unigame.data.records import VQARecord
 from unigame.game.adversary import (
     Attack,
@@ -33,7 +34,7 @@ from unigame.game.adversary import (
     build_candidate_filter,
     build_miner,
 )
-from unigame.game.batches import Batch, RecordBatches
+from unigame.game.batches import Batch, RecordBatches, training_records
 from unigame.game.buffer import HardSampleBuffer, MineStats, percentile_threshold
 from unigame.game.checkpoint import (
     capture_rng,
@@ -43,13 +44,14 @@ from unigame.game.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from unigame.game.config import TrainConfig, config_diff
+from unigame.game.config import ConfigError, TrainConfig, config_diff
 from unigame.game.filters import SemanticFilter, SemanticScorer
 from unigame.game.perturber import perturbation_regulariser
 from unigame.game.protocol import UnifiedModel, check_unified_model
 from unigame.game.run_logging import MetricsLogger, hard_sample_panel, plot_training_curves
+from unigame.game.signals import StopRequest
 
-__all__ = ["METRICS", "HardBatch", "UniGameTrainer", "attach_lora"]
+__all__ = ["METRICS", "HardBatch", "NonFiniteRunError", "UniGameTrainer", "attach_lora"]
 
 # Per-step metrics, in CSV column order. ce_hard is the replayed buffer batch (or, with the buffer
 # off, this step's selected candidates); attack_success_rate is measured every logging.log_every.
@@ -69,6 +71,10 @@ METRICS: tuple[str, ...] = (
     "nonfinite_steps",
     "step_seconds",
 )
+
+
+class NonFiniteRunError(RuntimeError):
+    """Too many consecutive non-finite steps: the run is diverging, not hitting one bad batch."""
 
 
 @dataclass
@@ -113,7 +119,7 @@ class UniGameTrainer:
         run_dir: where metrics, plots, panels and checkpoints go.
         adapter: a `UnifiedModel`; None loads `cfg.model.path` (a Janus directory).
         scorer: the semantic filter's scorer; None loads `cfg.model.scorer_path` when the filter needs one.
-        records: training records; None builds ShapesWorld `train` from `cfg.data`.
+        records: training records; None reads those `cfg.data` names (ShapesWorld, or local files).
     """
 
     def __init__(
@@ -131,6 +137,8 @@ class UniGameTrainer:
         self.records = records
         self.step = 0  # completed steps
         self.nonfinite_steps = 0
+        self.nonfinite_streak = 0  # consecutive non-finite steps, up to optim.max_nonfinite_steps
+        self.bad_records: list[BadRecord] = []  # records left out of local data, with the reason
         self.adversary: DecoderAdversary | EmbeddingAdversary | None = None
         self.miner: ChallengeMiner | GenerationMiner | None = None
         self.filter: SemanticFilter | None = None
@@ -144,11 +152,19 @@ class UniGameTrainer:
     def setup(self, resume: str | Path | None = None) -> None:
         """Build everything in dependency order, then restore `resume` (a checkpoint dir) if given."""
         cfg, game = self.cfg, self.cfg.game
+        missing = cfg.path_errors(model=self.adapter is None)
+        if missing:
+            raise ConfigError(missing)
         self.device = torch.device(cfg.model.device)
         self.bf16 = cfg.model.precision == "bf16"
         # Seeds first: LoRA's and the perturber's initial weights draw from torch's global RNG, so
         # the SFT baseline and UniGame start from identical LoRA weights.
         _seed_everything(cfg.seed)
+
+        # 0. The records, before the model: a broken dataset fails in seconds, not after a 7B load.
+        #    (Reading them draws no global random numbers, so the seeding above still holds.)
+        if self.records is None:
+            self.records, self.bad_records = training_records(cfg.data)
 
         # 1. The model. Everything below sizes itself from it.
         model_path = None
@@ -178,11 +194,7 @@ class UniGameTrainer:
                 if not p.requires_grad:
                     p.data = p.data.to(torch.bfloat16)
 
-        # 3. Data: the batch iterator's position is part of the checkpoint.
-        if self.records is None:
-            from unigame.data.splits import build_split
-
-            self.records = build_split("train", cfg.data.train_items, cfg.data.split_seed, cfg.data.shapes)
+        # 3. Batches: the iterator's position is part of the checkpoint.
         self.batches = RecordBatches(
             self.records, cfg.data.batch_size, cfg.data.split_seed, cfg.data.image_size, self.device
         )
@@ -243,6 +255,19 @@ class UniGameTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = MetricsLogger(self.run_dir, METRICS, cfg.logging.tensorboard, resumed_step)
         self._write_config()
+        self._report_bad_records()
+
+    def _report_bad_records(self) -> None:
+        """Name every record left out: a summary warning, and all of them in <run>/bad_records.jsonl."""
+        if not self.bad_records:
+            return
+        path = write_bad_records(self.bad_records, self.run_dir / "bad_records.jsonl")
+        ids = ", ".join(b.id for b in self.bad_records[:10]) + (" ..." if len(self.bad_records) > 10 else "")
+        warnings.warn(
+            f"data: {len(self.bad_records)} bad record(s) left out of {len(self.records) + len(self.bad_records)} "
+            f"(ids: {ids}); each with its reason in {path}",
+            stacklevel=3,
+        )
 
     def _check_image_size(self, probe: Tensor) -> None:
         expected = getattr(self.adapter, "image_size", None)
@@ -253,8 +278,9 @@ class UniGameTrainer:
             )
 
     # =================================================================================== train
-    def train(self, until_step: int | None = None) -> None:
-        """Run steps until `optim.steps` (or `until_step`, to simulate an interruption in tests).
+    def train(self, until_step: int | None = None, stop: StopRequest | None = None) -> None:
+        """Run steps until `optim.steps` (or `until_step`, to simulate an interruption in tests), or
+        until `stop` is set (SIGINT/SIGTERM): then return at the next step boundary.
 
         One step is Algorithm 1's loop body: the challenger moves, hard samples are mined, then the
         understanding player moves. With the game off only the understand step runs, on clean CE.
@@ -262,7 +288,7 @@ class UniGameTrainer:
         cfg, game = self.cfg, self.cfg.game
         last = cfg.optim.steps if until_step is None else min(until_step, cfg.optim.steps)
         self._open_progress(last)
-        while self.step < last:
+        while self.step < last and not stop:
             start = time.perf_counter()
             batch = next(self.batches)  # Alg. 1 l.2: sample (x, q, a) from the data
             metrics: dict[str, float] = {}
@@ -287,6 +313,7 @@ class UniGameTrainer:
                     self._skip_step(metrics, start)
                     continue
             self.step += 1
+            self.nonfinite_streak = 0
             self._end_step(metrics, start)
 
     def challenge_step(self, batch: Batch, clean: Tensor, metrics: dict[str, float]) -> Attack | None:
@@ -412,12 +439,23 @@ class UniGameTrainer:
         return bool(torch.isfinite(norm))
 
     def _skip_step(self, metrics: dict[str, float], start: float) -> None:
-        """A non-finite loss or gradient: no (further) update this step; count it and move on."""
+        """A non-finite loss or gradient: no (further) update this step; count it and move on, unless
+        it is the `optim.max_nonfinite_steps`-th in a row: then the run is diverging and stops."""
         self.nonfinite_steps += 1
+        self.nonfinite_streak += 1
         for opt in (self.opt_challenger, self.opt_understand):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
         self.step += 1
+        limit = self.cfg.optim.max_nonfinite_steps
+        if self.nonfinite_streak >= limit:
+            self.logger.log(self.step, {"nonfinite_steps": self.nonfinite_steps})
+            raise NonFiniteRunError(
+                f"aborting: {limit} consecutive steps ({self.step - limit + 1}-{self.step}) had a non-finite "
+                f"loss or gradient (optim.max_nonfinite_steps={limit}). Nothing was saved for them; "
+                f"resume from the last checkpoint in {self.run_dir / 'checkpoints'} with a lower "
+                "optim.und_lr / optim.gen_lr or model.precision fp32, and check the data."
+            )
         warnings.warn(f"step {self.step}: non-finite loss or gradient; step skipped", stacklevel=2)
         self._end_step(metrics, start)
 
@@ -474,6 +512,7 @@ class UniGameTrainer:
         meta: dict[str, Any] = {
             "step": self.step,
             "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_streak": self.nonfinite_streak,
             "data": self.batches.state_dict(),
             "rng": rng_meta,
             "optim": {"understand": understand_meta},
@@ -494,7 +533,8 @@ class UniGameTrainer:
         return tensors, meta
 
     def save_checkpoint(self) -> Path:
-        """Write the progress record atomically to `<run>/checkpoints/step-<step>`."""
+        """Write the progress record atomically to `<run>/checkpoints/step-<step>`; a state holding
+        NaN/Inf raises `NonFiniteStateError` and writes nothing."""
         tensors, meta = self.state_dict()
         return save_checkpoint(
             self.run_dir, self.step, self.peft_model, tensors, meta, self.cfg.logging.keep_checkpoints
@@ -546,6 +586,7 @@ class UniGameTrainer:
         self.batches.load_state_dict(meta["data"])
         self.step = int(meta["step"])
         self.nonfinite_steps = int(meta["nonfinite_steps"])
+        self.nonfinite_streak = int(meta.get("nonfinite_streak", 0))  # absent in older checkpoints
         restore_rng(tensors, meta["rng"])  # last: nothing after this may draw random numbers
         return self.step
 

@@ -130,9 +130,14 @@ class ClipScorer(nn.Module):
     # ------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
     ) -> ClipScorer:
-        """Load a local checkpoint directory offline (never remote code, safetensors weights only)."""
+        """Load a local checkpoint directory offline (safetensors weights only; code shipped in the
+        directory runs only with `trust_remote_code`)."""
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
@@ -151,12 +156,14 @@ class ClipScorer(nn.Module):
         kwargs: dict[str, Any] = {
             "local_files_only": True,
             "use_safetensors": True,
-            "trust_remote_code": False,
+            "trust_remote_code": trust_remote_code,
         }
         if dtype is not None:
             kwargs["dtype"] = dtype
         model = AutoModel.from_pretrained(str(path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
         vision_cfg = getattr(model.config, "vision_config", None)
         hw, mean, std = read_image_preprocessing(path, getattr(vision_cfg, "image_size", None))
         scorer = cls(model, tokenizer, hw, mean, std)

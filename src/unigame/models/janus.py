@@ -89,8 +89,11 @@ class JanusAdapter:
                 f"{path} is not a Janus model directory: missing {', '.join(missing)} "
                 "(adapter: JanusAdapter for JanusForConditionalGeneration)"
             )
-        model = JanusForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # safetensors only: a pickled pytorch_model.bin could run code when loaded
+        model = JanusForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         return cls(model.to(device).eval(), tokenizer, **kwargs)
 
     @property
