@@ -138,3 +138,29 @@ def test_official_mining_needs_a_hookable_generator(make_janus):
         build_miner("official", adversary, NoHook(), torch.Generator(), 1.0, 1.0)
     with pytest.raises(ValueError, match="token-space adversary"):
         build_miner("official", _adversary(adapter, "decoder"), adapter, torch.Generator(), 1.0, 1.0)
+
+
+def test_residual_decode_is_x_at_zero_delta_and_keeps_the_gradient_path(make_janus):
+    """x̃ = x + G(z+δ) − G(z): exactly x when δ = 0 (no VQ reconstruction error), and δ still gets a
+    gradient through decoder and vision encoder."""
+    adapter = make_janus()
+    pixels = torch.rand(2, 3, 32, 32)
+    residual = build_adversary(
+        "decoder", adapter, pixels[:1], eps_max=0.02, eps_init=0.01, budget="auto", hidden=None, seed=0,
+        residual_decode=True,
+    )  # fmt: skip
+    clean = residual.clean(adapter, pixels)
+    with torch.no_grad():
+        assert torch.allclose(residual.decode(adapter, clean, pixels), pixels, atol=1e-5)
+        full = adapter.decode_latents(clean)
+        assert (full - pixels).abs().mean() > 0.05  # a random VQ reconstructs nothing: the gap is real
+    attack = residual.attack(adapter, clean, QUESTIONS, ANSWERS, pixels)
+    expected = (pixels + adapter.decode_latents(attack.perturbed) - full).clamp(0, 1)
+    assert torch.allclose(attack.pixels, expected, atol=1e-5)
+    attack.ce.sum().backward()
+    grads = [p.grad for p in residual.perturber.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    tokens = residual.replay_tokens(adapter, attack.perturbed.detach(), pixels)
+    assert torch.allclose(tokens, adapter.visual_tokens(attack.pixels.detach()), atol=1e-4)
+    with pytest.raises(ValueError, match="clean images"):
+        residual.replay_tokens(adapter, attack.perturbed.detach())

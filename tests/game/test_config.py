@@ -91,6 +91,10 @@ def test_all_errors_are_reported_together_with_key_value_and_range():
         ),
         ({"eps_init": 0.0}, "game.eps_init=0.0"),
         ({"mining": "official"}, "game.mining='official' with game.adversary='decoder' is invalid"),
+        (
+            {"adversary": "noise", "filter": "none", "residual_decode": True},
+            "game.residual_decode=true with game.adversary='noise' is invalid",
+        ),
         ({"adversary": "embedding"}, "token-space candidates have no image"),
         ({"clip_margin": 1.5}, "game.clip_margin=1.5"),
         ({"mining": "ar"}, "game.mining='ar' is invalid: allowed decoder | official"),

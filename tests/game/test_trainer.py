@@ -94,10 +94,11 @@ def test_trainer_fills_and_replays_the_buffer(tmp_path, make_janus, records):
     replayed: list[int] = []
     original = trainer.miner.replay_tokens
 
-    def spy(adapter, latents):
+    def spy(adapter, latents, pixels=None):
         replayed.append(latents.shape[0])
         assert latents.shape[1:] == (64, 8)  # stored latents z̃, not images
-        return original(adapter, latents)
+        assert pixels is None  # the paper's G(z̃) needs no clean image
+        return original(adapter, latents, pixels)
 
     refreshed: list[torch.Tensor] = []
     update = trainer.buffer.update_hardness
@@ -241,8 +242,10 @@ def test_a_non_finite_state_is_never_checkpointed(tmp_path, make_janus, records)
         {"filter": "none"},  # decoder adversary + buffer (random-VQ images would fail any semantic filter)
         {"adversary": "noise", "filter": "none", "buffer": False},  # noise: its own generator state
         {"enabled": False},  # the SFT baseline
+        {"filter": "none", "residual_decode": True},  # replay re-reads the items' clean images
+        {"filter": "none", "residual_decode": True, "buffer": False},  # this step's selection
     ],
-    ids=["unigame", "noise", "sft"],
+    ids=["unigame", "noise", "sft", "residual", "residual-no-buffer"],
 )
 def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path, make_janus, records, game):
     steps = 4

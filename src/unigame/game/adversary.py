@@ -5,7 +5,9 @@ Adversaries (where the perturbation δ lives; `build_adversary`):
 * `DecoderAdversary` — the paper's Eq. 7 (default). z = Enc_G(x) are the generation branch's
   unit-norm latent tokens (B, N, D); δ = C(z); x̃ = G(z + δ) is a real decoded image; the challenger
   maximises L_C = CE(U(Enc(x̃), q), a) − λ‖δ‖², the gradient flowing through the frozen decoder G
-  and the frozen vision encoder Enc to δ.
+  and the frozen vision encoder Enc to δ. With `residual=True` (`game.residual_decode`) the
+  candidate is x̃ = x + G(z + δ) − G(z) instead: the perturbation's effect through the decoder,
+  without the VQ's own reconstruction error (for a lossy VQ that error, not δ, dominates G(z + δ)).
 * `EmbeddingAdversary` — the official code's mode: δ is added to the understanding tokens
   t = Enc(x) (B, N_u, D_u) and L_C = CE(U(t + δ)) − λ‖δ‖²; no image is ever decoded.
 * `NoiseAdversary` — ablation: a random unit direction per token (`NoisePerturber`), no MLP;
@@ -95,10 +97,17 @@ class Adversary(Protocol):
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor: ...
 
     def attack(
-        self, adapter: UnifiedModel, clean: Tensor, questions: list[str], answers: list[str]
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        questions: list[str],
+        answers: list[str],
+        pixels: Tensor | None = None,
     ) -> Attack: ...
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor: ...
+    def replay_tokens(
+        self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None
+    ) -> Tensor: ...
 
 
 class DecoderAdversary:
@@ -106,26 +115,46 @@ class DecoderAdversary:
 
     space = "latent"
 
-    def __init__(self, perturber: Perturber) -> None:
+    def __init__(self, perturber: Perturber, residual: bool = False) -> None:
         self.perturber = perturber
+        self.residual = residual
 
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor:
         """z: (B, N, D) float32 latent tokens of the clean images (frozen encoder, no graph)."""
         with torch.no_grad():
             return adapter.encode_latents(pixels).float()
 
+    def decode(self, adapter: UnifiedModel, perturbed: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """x̃ = G(z̃), or with `residual` x + G(z̃) − G(z) (z = Enc_G(x)), in [0, 1]; differentiable in z̃."""
+        decoded = adapter.decode_latents(perturbed)  # (B, 3, H, W)
+        if not self.residual:
+            return decoded
+        if pixels is None:
+            raise ValueError("game.residual_decode needs the clean images x of the candidates.")
+        with torch.no_grad():
+            reconstruction = adapter.decode_latents(self.clean(adapter, pixels))  # G(z), (B, 3, H, W)
+        return (pixels + decoded - reconstruction).clamp(0, 1)
+
     def attack(
-        self, adapter: UnifiedModel, clean: Tensor, questions: list[str], answers: list[str]
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        questions: list[str],
+        answers: list[str],
+        pixels: Tensor | None = None,
     ) -> Attack:
         delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
         perturbed = clean + delta  # (B, N, D) z̃ = z + δ
-        pixels = adapter.decode_latents(perturbed)  # (B, 3, H, W) x̃ = G(z̃), differentiable
-        ce = adapter.understanding_loss(pixels, questions, answers).float()  # (B,) through Enc and U
-        return Attack(delta, perturbed, pixels, ce)
+        adversarial = self.decode(adapter, perturbed, pixels)  # (B, 3, H, W) x̃, differentiable
+        ce = adapter.understanding_loss(adversarial, questions, answers).float()  # (B,) through Enc and U
+        return Attack(delta, perturbed, adversarial, ce)
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
-        """Understanding tokens of stored z̃ (re-decoded)."""
-        return tokens_from_latents(adapter, latents)
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """Understanding tokens of stored z̃ (re-decoded; `pixels` are the items' clean images)."""
+        if not self.residual:
+            return tokens_from_latents(adapter, latents)
+        with torch.no_grad():
+            return adapter.visual_tokens(self.decode(adapter, latents, pixels))
 
 
 class EmbeddingAdversary:
@@ -142,14 +171,19 @@ class EmbeddingAdversary:
             return adapter.visual_tokens(pixels).float()
 
     def attack(
-        self, adapter: UnifiedModel, clean: Tensor, questions: list[str], answers: list[str]
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        questions: list[str],
+        answers: list[str],
+        pixels: Tensor | None = None,
     ) -> Attack:
         delta = self.perturber(clean)  # (B, N_u, D_u) float32
         perturbed = clean + delta  # (B, N_u, D_u) t̃ = t + δ
         ce = adapter.understanding_loss_from_tokens(perturbed, questions, answers).float()  # (B,)
         return Attack(delta, perturbed, None, ce)
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
         """Stored t̃ are understanding tokens already."""
         return tokens_as_stored(adapter, latents)
 
@@ -173,6 +207,7 @@ def build_adversary(
     budget: str,
     hidden: int | None,
     seed: int,
+    residual_decode: bool = False,
 ) -> DecoderAdversary | EmbeddingAdversary:
     """The adversary of mode `name`, its perturber sized from one probe of `sample_pixels` (1, 3, H, W).
 
@@ -192,6 +227,8 @@ def build_adversary(
     else:
         width = hidden if hidden is not None else max(dim, 64)
         perturber = Perturber(dim, width, eps_max, eps_init, budget)
+    if name == "decoder":
+        return DecoderAdversary(perturber.to(device), residual=residual_decode)
     return classes[name](perturber.to(device))
 
 
@@ -295,8 +332,8 @@ class ChallengeMiner:
             return Candidates(attack.perturbed, attack.ce, pixels, attack.pixels, attack.pixels)
         return Candidates(attack.perturbed, attack.ce, clean, attack.perturbed, None)
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
-        return self.adversary.replay_tokens(adapter, latents)
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
+        return self.adversary.replay_tokens(adapter, latents, pixels)
 
 
 class GenerationMiner:
@@ -360,8 +397,8 @@ class GenerationMiner:
         hardness = adapter.understanding_loss(images, questions, answers).float()  # (B,)
         return Candidates(latents, hardness, pixels, images, images)
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor) -> Tensor:
-        """Understanding tokens of stored z̃ (re-decoded)."""
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """Understanding tokens of stored z̃ (re-decoded); generated images have no clean image."""
         return tokens_from_latents(adapter, latents)
 
 

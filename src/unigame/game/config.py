@@ -139,6 +139,10 @@ class GameConfig:
         adversary: where the challenger perturbs: `decoder` (paper Eq. 7: VQ latents decoded to a
             real image, gradient through decoder and vision encoder), `embedding` (official-code
             style: understanding-token space), `noise` (random token-space directions, no MLP).
+        residual_decode: decoder adversary only: the candidate is x̃ = x + G(z+δ) − G(z) instead
+            of the paper's G(z+δ), so it differs from x by what δ changes through the decoder and
+            not by the VQ's reconstruction error (on the tiny base that error alone costs ~11
+            points of accuracy; see docs/results/investigation.md).
         mining: where hard candidates come from: `decoder` (the challenge forward's own perturbed
             input, reused), `official` (text-to-image from the question with the token-space
             perturbation injected at every generation step; needs adversary embedding or noise).
@@ -181,6 +185,7 @@ class GameConfig:
     enabled: bool = True
     adversary: Adversary = "decoder"
     mining: Mining = "decoder"
+    residual_decode: bool = False
     filter: FilterName = "clip"
     clip_threshold: float = 0.6
     clip_calibration: Calibration = "relative_to_clean"
@@ -406,6 +411,11 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("game.understand_steps", g.understand_steps, 1)
     num("game.generation_guidance", g.generation_guidance, lambda v: v >= 0, "a number >= 0")
     num("game.generation_temperature", g.generation_temperature, lambda v: v >= 0, "a number >= 0")
+    if g.residual_decode and g.adversary != "decoder":
+        errors.append(
+            f"game.residual_decode=true with game.adversary={g.adversary!r} is invalid: residual decoding "
+            "applies to the decoder adversary only (allowed: adversary decoder, or residual_decode false)"
+        )
     if g.mining == "official" and g.adversary == "decoder":
         errors.append(
             "game.mining='official' with game.adversary='decoder' is invalid: official mining injects "

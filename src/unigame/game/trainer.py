@@ -85,6 +85,7 @@ class HardBatch:
     questions: list[str]
     answers: list[str]
     slots: Tensor | None = None  # (K,) buffer slots they were replayed from; None for this step's selection
+    pixels: Tensor | None = None  # (K, 3, H, W) their clean images, when the adversary decodes residually
 
 
 def attach_lora(
@@ -214,6 +215,7 @@ class UniGameTrainer:
                     budget=game.budget,
                     hidden=game.perturber_hidden,
                     seed=cfg.seed,
+                    residual_decode=game.residual_decode,
                 )
             self.perturber = self.adversary.perturber
             self.generation_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
@@ -322,7 +324,7 @@ class UniGameTrainer:
         game, grad_clip = self.cfg.game, self.cfg.optim.grad_clip
         attack = None
         for _ in range(game.challenge_steps):
-            attack = self.adversary.attack(self.adapter, clean, batch.questions, batch.answers)
+            attack = self.adversary.attack(self.adapter, clean, batch.questions, batch.answers, batch.pixels)
             reg = perturbation_regulariser(attack.delta)  # ‖δ‖² per sample, fp32
             loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
             if not torch.isfinite(loss_challenge):
@@ -363,6 +365,7 @@ class UniGameTrainer:
                     candidates.latents[chosen],
                     [batch.questions[i] for i in chosen],
                     [batch.answers[i] for i in chosen],
+                    pixels=batch.pixels[chosen] if self._replay_needs_pixels else None,
                 )
             n_passed = int(passed.sum())
             stats = MineStats(tau, int((hardness >= tau).sum()), n_passed, len(chosen), len(chosen))
@@ -378,7 +381,7 @@ class UniGameTrainer:
         hard = self.hard_batch() if cfg.game.enabled else None
         tokens, questions, answers = clean_tokens, batch.questions, batch.answers  # (B, N_u, D_u)
         if hard is not None:
-            hard_tokens = self.miner.replay_tokens(self.adapter, hard.latents)  # (K, N_u, D_u), frozen G/Enc
+            hard_tokens = self.miner.replay_tokens(self.adapter, hard.latents, hard.pixels)  # (K, N_u, D_u)
             tokens = torch.cat([clean_tokens, hard_tokens.to(clean_tokens.dtype)])  # (B+K, N_u, D_u)
             questions, answers = questions + hard.questions, answers + hard.answers
         n_clean = clean_tokens.shape[0]
@@ -414,8 +417,19 @@ class UniGameTrainer:
             return None
         k = self.cfg.game.replay_batch or self.cfg.data.batch_size
         slots = self.buffer.sample_indices(k, self.replay_generator)  # (K,)
-        latents, _, payload = self.buffer.gather(slots, device=self.device)
-        return HardBatch(latents, [p["question"] for p in payload], [p["answer"] for p in payload], slots)
+        latents, ids, payload = self.buffer.gather(slots, device=self.device)
+        pixels = self._clean_pixels(ids) if self._replay_needs_pixels else None
+        return HardBatch(
+            latents, [p["question"] for p in payload], [p["answer"] for p in payload], slots, pixels
+        )
+
+    @property
+    def _replay_needs_pixels(self) -> bool:
+        """Residual decoding rebuilds x̃ = x + G(z̃) − G(z), so replay needs the items' clean images."""
+        return bool(getattr(self.adversary, "residual", False))
+
+    def _clean_pixels(self, ids: list[str]) -> Tensor:
+        return self.batches.batch([self._record_index[i] for i in ids]).pixels  # (K, 3, H, W)
 
     @torch.no_grad()
     def attack_success_rate(self, batch: Batch, attack: Attack) -> float:
@@ -614,14 +628,17 @@ class UniGameTrainer:
             hardness = self.buffer.hardness[order].tolist()
         else:
             return None
-        clean = self.batches.batch([self._record_index[i] for i in ids]).pixels  # (K, 3, H, W)
+        clean = self._clean_pixels(ids)  # (K, 3, H, W)
         questions = [p["question"] for p in payload]
         answers = [p["answer"] for p in payload]
         with self._autocast(), self._lora_dropout(False):
             predictions_clean = self.adapter.answer(clean, questions)
             adversarial = predictions_adversarial = None
             if self.miner.has_pixels:
-                adversarial = self.adapter.decode_latents(latents).float()  # (K, 3, H, W) re-decoded z̃
+                decode = getattr(self.adversary, "decode", None)  # the decoder adversary's own x̃ rule
+                adversarial = (
+                    decode(self.adapter, latents, clean) if decode else self.adapter.decode_latents(latents)
+                ).float()  # (K, 3, H, W) re-decoded z̃
                 predictions_adversarial = self.adapter.answer(adversarial, questions)
         return hard_sample_panel(
             self.run_dir / "plots" / "hard_samples.png",
