@@ -328,7 +328,7 @@ def reproduce(
     output: str | None = None,
     split: Split = "test",
     rows: list[str] | None = None,
-    set: list[str] | None = None,  # noqa: A002 - the CLI flag is --set
+    set: list[str] | str | None = None,  # noqa: A002 - the CLI flag is --set
     quick: bool = False,
     workers: int = 0,
     threads: int = 1,
@@ -351,7 +351,8 @@ def reproduce(
         output: folder for runs, evaluations and results (default runs/reproduce-table<table>-<split>).
         split: `test` (report) or `val` (tune: independently drawn scenes; never tune on test).
         rows: only these rows (names as in results.md), e.g. [sft, full].
-        set: extra overrides for every trained row, KEY=VALUE (e.g. game.eps_max=0.05).
+        set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), or a
+            list of them ('[game.eps_max=0.05,game.beta=1.0]').
         quick: tiny evaluation sizes (a smoke test, not a result).
         workers: runs at a time (0: one per `threads` cores, at most 8).
         threads: torch threads per run.
@@ -359,6 +360,7 @@ def reproduce(
     from rich.console import Console
 
     console = Console()
+    set = [set] if isinstance(set, str) else set  # noqa: A001
     if seeds < 1:
         raise ValueError(f"seeds={seeds} must be >= 1")
     if table not in TABLES:

@@ -43,9 +43,12 @@ def test_demo_prints_the_side_by_side_table_and_writes_the_report(demo_dir, caps
 
 def test_reproduce_runs_the_grid_writes_results_and_reuses_finished_runs(demo_dir, tmp_path):
     args = ["reproduce", "--table", "4", "--rows", "[baseline,sft,noise]", "--seeds", "2", "--steps", "3",
-            "--model", str(demo_dir / "base"), "--output", str(tmp_path), "--quick", "--workers", "1"]  # fmt: skip
+            "--model", str(demo_dir / "base"), "--output", str(tmp_path), "--quick", "--workers", "1",
+            "--set", "game.beta=0.25"]  # fmt: skip
     main(args)
     record = json.loads((tmp_path / "results.json").read_text())
+    assert record["overrides"] == {"game.beta": 0.25}
+    assert "beta: 0.25" in (tmp_path / "noise" / "seed-0" / "run" / "config.yaml").read_text()
     assert [(r["row"], r["seed"]) for r in record["results"]] == [
         ("baseline", -1), ("sft", 0), ("sft", 1), ("noise", 0), ("noise", 1),
     ]  # fmt: skip

@@ -1,0 +1,61 @@
+"""How much the generation branch's VQ round trip alone costs the understanding branch.
+
+The decoder adversary's candidate is x̃ = G(z + δ). Before any perturbation, G(z) already differs
+from x by the VQ's reconstruction error; this script measures that gap on ShapesWorld validation
+items: per-sample CE and greedy accuracy of the understanding branch on x, on G(z) (continuous
+latents, what the adversary decodes) and on G(quantise(z)) (codebook latents).
+
+    python benchmarks/reconstruction_gap.py --model ~/.cache/unigame/tiny-janus-<fingerprint> --items 512
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> None:
+    from unigame.data.pixels import images_to_pixels
+    from unigame.data.splits import build_split
+    from unigame.models.janus import JanusAdapter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a tiny Janus base directory (`unigame base`)")
+    parser.add_argument("--items", type=int, default=512, help="validation items (split seed 0)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    adapter = JanusAdapter.from_pretrained(args.model)
+    records = build_split("val", args.items, 0)
+    views = {"x (clean)": [], "G(z), continuous": [], "G(q(z)), quantised": []}
+    ce = {k: [] for k in views}
+    answers = [r.answer for r in records]
+    with torch.no_grad():
+        for start in range(0, len(records), args.batch):
+            chunk = records[start : start + args.batch]
+            pixels = images_to_pixels([r.image for r in chunk])
+            questions, gold = [r.question for r in chunk], [r.answer for r in chunk]
+            latents = adapter.encode_latents(pixels)
+            images = {
+                "x (clean)": pixels,
+                "G(z), continuous": adapter.decode_latents(latents).float(),
+                "G(q(z)), quantised": adapter.decode_codes(adapter.quantize(latents)).float(),
+            }
+            for name, image in images.items():
+                views[name] += adapter.answer(image, questions)
+                ce[name].append(adapter.understanding_loss(image, questions, gold).float())
+    print(f"{len(records)} ShapesWorld validation items, model {args.model}\n")
+    print("| input | mean CE | accuracy | answers changed vs x |")
+    print("|---|---:|---:|---:|")
+    clean = views["x (clean)"]
+    for name, predictions in views.items():
+        accuracy = sum(p.strip() == a for p, a in zip(predictions, answers)) / len(answers)
+        changed = sum(p != c for p, c in zip(predictions, clean)) / len(answers)
+        print(f"| {name} | {torch.cat(ce[name]).mean():.3f} | {100 * accuracy:.1f}% | {100 * changed:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
