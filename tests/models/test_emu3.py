@@ -185,6 +185,22 @@ def test_answer_and_caption(adapter):
     assert len(answers) == 2 and len(captions) == 1 and all(isinstance(a, str) for a in answers + captions)
 
 
+def test_save_and_load_through_the_engine_loader(adapter, tmp_path):
+    from unigame.game.loading import load_adapter
+
+    adapter.save_pretrained(tmp_path / "emu3")
+    loaded = load_adapter(ModelConfig(path=str(tmp_path / "emu3")))
+    assert isinstance(loaded, Emu3Adapter) and loaded.image_size == 32
+    with pytest.raises(ValueError, match="janus_pro.*use emu3_chat or tiny"):
+        load_adapter(ModelConfig(path=str(tmp_path / "emu3"), prompt="janus_pro"))
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.understanding_loss(pixels, QUESTIONS, ANSWERS),
+            adapter.understanding_loss(pixels, QUESTIONS, ANSWERS),
+        )
+
+
 class PooledPixels:
     """A scorer stand-in for the cosine filter: 4x4 average-pooled pixels as image features."""
 
