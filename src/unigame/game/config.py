@@ -36,7 +36,7 @@ FilterName = Literal["clip", "cosine", "none"]
 Calibration = Literal["absolute", "relative_to_clean"]
 Budget = Literal["auto", "absolute", "relative"]
 Precision = Literal["fp32", "bf16"]
-PromptName = Literal["tiny", "janus_pro"]
+PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
 
 
@@ -53,10 +53,12 @@ class ModelConfig:
     """Which unified model is post-trained, where it runs, and its LoRA.
 
     Args:
-        path: model directory (transformers JanusForConditionalGeneration + tokenizer, loaded
+        path: model directory (transformers JanusForConditionalGeneration, or
+            Emu3ForConditionalGeneration when its config says model_type emu3, + tokenizer, loaded
             offline). None: the cached tiny Janus base (`unigame base` builds it if missing).
         scorer_path: CLIP/SigLIP directory of the semantic filter. None: `<path>/clip`.
-        prompt: prompt layout: `tiny` (the tiny base) or `janus_pro` (Janus-Pro's chat format).
+        prompt: prompt layout: `tiny` (the tiny models), `janus_pro` (Janus-Pro's chat format) or
+            `emu3_chat` (Emu3-Chat's format).
         precision: `fp32`, or `bf16`: bf16 autocast with the frozen weights stored in bf16; LoRA,
             the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2).
         device: torch device (`cpu`, `cuda`, `cuda:1`).

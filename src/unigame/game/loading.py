@@ -1,8 +1,9 @@
-"""Load the model and the filter's scorer named by a `ModelConfig`: the one place the engine names Janus.
+"""Load the model and the filter's scorer named by a `ModelConfig`: the one place the engine names model families.
 
 The trainer itself only sees the `UnifiedModel` protocol; this module turns a directory into a
-`JanusAdapter` (the adapter serving the tiny Janus and Janus-Pro checkpoints) and checks, before
-trusting the weights, that the directory holds every module the game uses.
+`JanusAdapter` (the adapter serving the tiny Janus and Janus-Pro checkpoints), or an `Emu3Adapter`
+when its config.json says `model_type: emu3`, and checks, before trusting Janus weights, that the
+directory holds every module the game uses.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from unigame.game.config import ModelConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from unigame.models.clip import ClipScorer
+    from unigame.models.emu3 import Emu3Adapter
     from unigame.models.janus import JanusAdapter
 
 __all__ = ["JANUS_MODULES", "load_adapter", "load_scorer", "resolve_model_path"]
@@ -70,15 +72,21 @@ def _check_janus_dir(path: Path) -> None:
         )
 
 
-def load_adapter(cfg: ModelConfig, path: Path | None = None) -> JanusAdapter:
+def load_adapter(cfg: ModelConfig, path: Path | None = None) -> JanusAdapter | Emu3Adapter:
     """Load `path` (default: `resolve_model_path(cfg)`) offline as a `JanusAdapter` on `model.device`,
-    every weight accounted for."""
+    every weight accounted for, or as an `Emu3Adapter` for an Emu3 directory."""
     from transformers import AutoTokenizer, JanusForConditionalGeneration
 
     from unigame.models.janus import JANUS_PRO_PROMPT, TINY_PROMPT, JanusAdapter
 
     path = resolve_model_path(cfg) if path is None else path
+    if _model_type(path) == "emu3":
+        return _load_emu3(cfg, path)
     _check_janus_dir(path)
+    if cfg.prompt == "emu3_chat":
+        raise ValueError(
+            f"model.prompt='emu3_chat' does not fit the Janus model at {str(path)!r}: use janus_pro or tiny."
+        )
     model, info = JanusForConditionalGeneration.from_pretrained(
         path,
         local_files_only=True,
@@ -99,6 +107,22 @@ def load_adapter(cfg: ModelConfig, path: Path | None = None) -> JanusAdapter:
     )
     prompt = JANUS_PRO_PROMPT if cfg.prompt == "janus_pro" else TINY_PROMPT
     return JanusAdapter(model.to(torch.device(cfg.device)).eval(), tokenizer, prompt)
+
+
+def _model_type(path: Path) -> str | None:
+    config_file = path / "config.json"
+    return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+
+
+def _load_emu3(cfg: ModelConfig, path: Path) -> Emu3Adapter:
+    from unigame.models.emu3 import EMU3_CHAT_PROMPT, TINY_EMU3_PROMPT, Emu3Adapter
+
+    if cfg.prompt == "janus_pro":
+        raise ValueError(
+            f"model.prompt='janus_pro' does not fit the Emu3 model at {str(path)!r}: use emu3_chat or tiny."
+        )
+    prompt = EMU3_CHAT_PROMPT if cfg.prompt == "emu3_chat" else TINY_EMU3_PROMPT
+    return Emu3Adapter.from_pretrained(path, device=cfg.device, prompt=prompt)
 
 
 def load_scorer(cfg: ModelConfig, model_path: Path) -> ClipScorer:

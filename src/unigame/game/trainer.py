@@ -191,9 +191,7 @@ class UniGameTrainer:
                 module.train()  # ...but LoRA's own dropout (paper 0.05) is on while training
         self.lora_parameters = [p for p in self.peft_model.parameters() if p.requires_grad]
         if self.bf16:  # frozen weights never update, so they need no fp32 master copy
-            for p in self.peft_model.parameters():
-                if not p.requires_grad:
-                    p.data = p.data.to(torch.bfloat16)
+            _store_frozen_in_bf16(self.peft_model)
 
         # 3. Batches: the iterator's position is part of the checkpoint.
         self.batches = RecordBatches(
@@ -670,6 +668,21 @@ class UniGameTrainer:
                 {f"perturber.{k}": v.detach().clone() for k, v in self.perturber.state_dict().items()}
             )
         return state
+
+
+def _store_frozen_in_bf16(model: nn.Module) -> None:
+    """Store every frozen weight in bf16, and the floating buffers of modules whose weights are all
+    frozen with them: norm kernels reject bf16 weights with fp32 running statistics (BatchNorm in
+    Emu3's VQ). Buffers of weightless modules (rotary inverse frequencies) stay fp32."""
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        frozen = [p for p in own if not p.requires_grad]
+        for p in frozen:
+            p.data = p.data.to(torch.bfloat16)
+        if own and len(frozen) == len(own):
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point():
+                    setattr(module, name, buffer.to(torch.bfloat16))
 
 
 def _seed_everything(seed: int) -> None:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from unigame.models.sequences import CAPTION_QUESTION, answer_ce, greedy_ids, pack
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
@@ -113,28 +115,7 @@ class JanusAdapter:
     def _pack(
         self, prompts: list[list[int]], targets: list[list[int]] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-pad prompts (so they end together) and right-pad targets after them.
-
-        Returns ids, attention mask, position ids (counting real tokens only) and labels
-        (-100 except on target tokens).
-        """
-        targets = targets or [[] for _ in prompts]
-        width_p = max(len(p) for p in prompts)
-        width_t = max(len(t) for t in targets)
-        batch = len(prompts)
-        ids = torch.full((batch, width_p + width_t), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for i, (p, t) in enumerate(zip(prompts, targets)):
-            start = width_p - len(p)
-            ids[i, start:width_p] = torch.tensor(p)
-            mask[i, start : width_p + len(t)] = 1
-            if t:
-                ids[i, width_p : width_p + len(t)] = torch.tensor(t)
-                labels[i, width_p : width_p + len(t)] = torch.tensor(t)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = self.device
-        return ids.to(device), mask.to(device), positions.to(device), labels.to(device)
+        return pack(prompts, targets, self.pad_id, self.device)
 
     # ------------------------------------------------------------------ understanding
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -164,21 +145,7 @@ class JanusAdapter:
         hidden = self.model.model.language_model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions
         ).last_hidden_state
-        return self._answer_ce(hidden[:, :-1], labels[:, 1:])
-
-    def _answer_ce(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean CE over labelled positions; (B, L, D), (B, L) -> (B,).
-
-        The LM head runs on the answer positions only: at Janus-Pro's 102k vocabulary the logits
-        of the 576 image positions would cost more than the rest of the head's work.
-        """
-        picked = targets != -100  # (B, L)
-        logits = self.model.lm_head(hidden[picked]).float()  # (T, V) in fp32 for the loss
-        token_ce = F.cross_entropy(logits, targets[picked], reduction="none")  # (T,)
-        sums = torch.zeros(targets.shape[0], device=token_ce.device).index_add(
-            0, picked.nonzero()[:, 0], token_ce
-        )
-        return sums / picked.sum(-1).clamp(min=1)
+        return answer_ce(self.model.lm_head, hidden[:, :-1], labels[:, 1:])
 
     def understanding_loss(
         self, pixels: torch.Tensor, questions: list[str], answers: list[str]
@@ -198,36 +165,19 @@ class JanusAdapter:
         return self.answer(pixels, [CAPTION_QUESTION] * pixels.shape[0], max_new_tokens)
 
     def _greedy(self, tokens: torch.Tensor, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-        from transformers import DynamicCache
-
         ids, mask, positions, _ = self._pack(prompts)
-        embeds = self._embed_with_image(ids, tokens)
-        cache = DynamicCache()
-        lm = self.model.model.language_model
-        out_ids = torch.full((ids.shape[0], max_new_tokens), self.pad_id, dtype=torch.long, device=ids.device)
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for step in range(max_new_tokens):
-            hidden = lm(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
-            next_ids = self.model.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
-            next_ids = torch.where(done, torch.full_like(next_ids, self.eos_id), next_ids)
-            out_ids[:, step] = next_ids
-            done |= next_ids == self.eos_id
-            if bool(done.all()):
-                break
-            embeds = self.model.get_input_embeddings()(next_ids[:, None])
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-        texts = []
-        for row in out_ids.tolist():
-            row = row[: row.index(self.eos_id)] if self.eos_id in row else row
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return texts
+        rows = greedy_ids(
+            self.model.model.language_model,
+            self.model.lm_head,
+            self.model.get_input_embeddings(),
+            self._embed_with_image(ids, tokens),
+            mask,
+            positions,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            max_new_tokens=max_new_tokens,
+        )
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
 
     # ------------------------------------------------------------------ VQ latents
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -367,6 +317,3 @@ class JanusAdapter:
         A plain ["q_proj", "v_proj"] list would also match the vision encoder's attention.
         """
         return r".*language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-
-
-CAPTION_QUESTION = "Describe the image."

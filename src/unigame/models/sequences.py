@@ -1,0 +1,105 @@
+"""Token-sequence plumbing shared by the decoder-only adapters (Janus, Emu3).
+
+Both families run a causal language model over `[prompt | answer]`, left-padded so every prompt
+ends at the same column; these helpers pack such batches, score the answer tokens, and decode
+greedily with a KV cache. Nothing here knows where the image tokens come from.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CAPTION_QUESTION", "answer_ce", "greedy_ids", "pack"]
+
+# The question `caption()` asks; the tiny bases are trained with it (see unigame.pretrain).
+CAPTION_QUESTION = "Describe the image."
+
+
+def pack(
+    prompts: list[list[int]],
+    targets: list[list[int]] | None,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Left-pad prompts (so they end together) and right-pad targets after them.
+
+    Returns ids, attention mask, position ids (counting real tokens only, so padding never shifts
+    a sample's positions) and labels (-100 except on target tokens), each (B, L).
+    """
+    targets = targets or [[] for _ in prompts]
+    width_p = max(len(p) for p in prompts)
+    width_t = max(len(t) for t in targets)
+    batch = len(prompts)
+    ids = torch.full((batch, width_p + width_t), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        start = width_p - len(p)
+        ids[i, start:width_p] = torch.tensor(p)
+        mask[i, start : width_p + len(t)] = 1
+        if t:
+            ids[i, width_p : width_p + len(t)] = torch.tensor(t)
+            labels[i, width_p : width_p + len(t)] = torch.tensor(t)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device), labels.to(device)
+
+
+def answer_ce(lm_head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample mean CE over labelled positions; (B, L, D), (B, L) -> (B,).
+
+    The LM head runs on the answer positions only: at a 100k+ vocabulary the logits of hundreds
+    of image positions would cost more than the rest of the head's work.
+    """
+    picked = targets != -100  # (B, L)
+    logits = lm_head(hidden[picked]).float()  # (T, V) in fp32 for the loss
+    token_ce = F.cross_entropy(logits, targets[picked], reduction="none")  # (T,)
+    sums = torch.zeros(targets.shape[0], device=token_ce.device).index_add(
+        0, picked.nonzero()[:, 0], token_ce
+    )
+    return sums / picked.sum(-1).clamp(min=1)
+
+
+@torch.no_grad()
+def greedy_ids(
+    lm: nn.Module,
+    lm_head: nn.Module,
+    embed: nn.Module,
+    embeds: Tensor,
+    mask: Tensor,
+    positions: Tensor,
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+) -> list[list[int]]:
+    """Greedy continuation of a packed batch (embeds (B, L, D)), one row of ids per sample, EOS cut.
+
+    `lm` is the bare decoder (returns `last_hidden_state`), `lm_head` maps hidden states to the
+    vocabulary and `embed` embeds the ids fed back.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    batch, device = embeds.shape[0], embeds.device
+    out_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        hidden = lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        next_ids = lm_head(hidden[:, -1]).argmax(-1)  # (B,)
+        next_ids = torch.where(done, torch.full_like(next_ids, eos_id), next_ids)
+        out_ids[:, step] = next_ids
+        done |= next_ids == eos_id
+        if bool(done.all()):
+            break
+        embeds = embed(next_ids[:, None])  # (B, 1, D)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in out_ids.tolist()]
