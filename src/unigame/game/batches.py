@@ -3,11 +3,13 @@
 Epoch e visits the records in the order `np.random.default_rng([seed, e]).permutation(n)`, in
 full batches (a remainder smaller than a batch is skipped, so every step sees `batch_size`
 items). The position is (epoch, cursor): restoring it continues with exactly the batch an
-uninterrupted run would have drawn next.
+uninterrupted run would have drawn next. With several processes `batch_size` is the global batch:
+every rank walks the same order and keeps its `shard` of each batch, so the position is shared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,7 @@ class RecordBatches:
         seed: int,
         image_size: int | None = None,
         device: str | torch.device = "cpu",
+        shard: Callable[[int], slice] | None = None,
     ) -> None:
         if not records:
             raise ValueError("no training records.")
@@ -75,6 +78,7 @@ class RecordBatches:
         self.seed = seed
         self.image_size = image_size
         self.device = torch.device(device)
+        self.shard = shard
         self._images = torch.from_numpy(np.stack([r.image for r in records]))  # (n, H, W, 3) uint8
         self.epoch = 0
         self.cursor = 0
@@ -92,6 +96,8 @@ class RecordBatches:
             self._order = self._permutation(self.epoch)
         index = self._order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
+        if self.shard is not None:  # several processes: this rank's part of the global batch
+            index = index[self.shard(len(index))]
         return self.batch(index.tolist())
 
     def batch(self, index: list[int]) -> Batch:

@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "LoadedCheckpoint",
     "capture_rng",
+    "checkpoint_dir",
     "find_latest_checkpoint",
     "load_checkpoint",
     "optimizer_state",
@@ -86,6 +87,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` of a run lives: `<run_dir>/checkpoints/step-<step, 8 digits>`."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"{_PREFIX}{step:08d}"
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -99,9 +105,9 @@ def save_checkpoint(
     `lora_model` is a peft model (saved with `save_pretrained`); `tensors` go to safetensors
     (contiguous CPU copies are made here), `meta` to JSON.
     """
-    root = Path(run_dir) / CHECKPOINT_DIR
+    final = checkpoint_dir(run_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{step:08d}"
     staging = root / f".tmp-{final.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)

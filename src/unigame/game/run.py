@@ -2,6 +2,8 @@
 
 The lead wires `train` into `unigame.cli` (jsonargparse `auto_cli`); it can also be called from
 Python. Config errors (unknown keys, out-of-range values) stop it before any model is loaded.
+Under `accelerate launch -m unigame train ...` or `torchrun -m unigame train ...` every process runs
+this function; the trainer shards the data and only rank 0 writes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from unigame.game.checkpoint import resolve_resume
 from unigame.game.config import TrainConfig
+from unigame.game.distributed import is_main_process
 
 __all__ = ["default_run_dir", "load_recipe", "train"]
 
@@ -47,7 +50,7 @@ def train(
         run_dir = _run_dir_of(Path(resume))
     run_dir = run_dir or default_run_dir(cfg)
     checkpoint = resolve_resume(resume, run_dir)
-    if resume == "auto" and checkpoint is None:
+    if resume == "auto" and checkpoint is None and is_main_process():
         print(f"--resume auto: no complete checkpoint in {run_dir}; starting fresh.")
 
     trainer = UniGameTrainer(cfg, run_dir)
@@ -56,7 +59,8 @@ def train(
         trainer.train()
         path = trainer.save_checkpoint()
         trainer.write_report()
-        print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
+        if trainer.dist.is_main:
+            print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
     finally:
         trainer.cleanup()
 
