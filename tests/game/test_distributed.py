@@ -1,11 +1,12 @@
 """Several processes = one process with the same global batch: a 2-process gloo run on CPU (launched by
 `torchrun`) against in-process 1-process runs, in SFT and UniGame modes; exact multi-process resume;
-the batch shards; and what one process does without a launcher."""
+`accelerate launch -m unigame train` end to end; the batch shards; and one process without a launcher."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from unigame.game.run_logging import read_metrics
 from unigame.game.trainer import UniGameTrainer
 
 from ._distributed_worker import UNIGAME, config
+from .test_run import janus_dir  # noqa: F401 - the fixture: a tiny random Janus saved as a model directory
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
@@ -30,6 +32,14 @@ SRC = HERE.parents[1] / "src"
 # weights of magnitude ~3e-3 after 3 AdamW steps); 1e-4 leaves room and still catches a wrong shard,
 # a missing gradient average or a mis-weighted loss (those move weights by ~lr = 1e-3 per step).
 ATOL = 1e-4
+
+
+def _env() -> dict[str, str]:
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -41,14 +51,9 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def two_process_runs(tmp_path_factory) -> Path:
     """Launch the worker on 2 CPU processes (gloo) with 2 items per rank; return its output folder."""
     out = tmp_path_factory.mktemp("two-process")
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-    )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += [str(HERE / "_distributed_worker.py"), "--out", str(out), "--steps", "3", "--batch", "2"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return out
 
@@ -100,6 +105,36 @@ def test_two_process_run_resumes_exactly(two_process_runs):
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
     assert read_metrics(two_process_runs / "split" / "metrics.csv")["step"].tolist() == [1, 2, 3]
+
+
+def test_accelerate_launch_runs_the_cli_on_two_processes(janus_dir, tmp_path):  # noqa: F811
+    """The documented command: `accelerate launch --multi_gpu -m unigame train` (gloo on CPU here)."""
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu"]
+    launch += [
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    launch += ["--main_process_port", str(port), "-m", "unigame", "train", "--cfg.model.path", str(janus_dir)]
+    launch += ["--cfg.data.train_items", "16", "--cfg.data.batch_size", "2", "--cfg.optim.steps", "2"]
+    launch += ["--cfg.game.clip_calibration", "absolute", "--cfg.game.clip_threshold", "-1"]
+    launch += ["--cfg.logging.log_every", "1", "--cfg.logging.progress", "false", "--output", str(run)]
+    result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert result.stdout.count("final checkpoint") == 1  # rank 0 reports
+    assert read_metrics(run / "metrics.csv")["step"].tolist() == [1, 2]
+    state = json.loads((run / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["data"]["cursor"] == 8  # 2 steps x global batch 2 x 2
+    assert (run / "checkpoints" / "step-00000002" / "lora" / "adapter_model.safetensors").is_file()
 
 
 def test_shards_concatenate_to_the_global_batch():
