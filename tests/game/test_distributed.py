@@ -137,6 +137,17 @@ def test_accelerate_launch_runs_the_cli_on_two_processes(janus_dir, tmp_path):  
     assert (run / "checkpoints" / "step-00000002" / "lora" / "adapter_model.safetensors").is_file()
 
 
+def test_shipped_accelerate_configs_load_and_run_data_parallel():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    configs = sorted((HERE.parents[1] / "configs" / "accelerate").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = ClusterConfig.from_yaml_file(str(path))
+        assert str(config.distributed_type).endswith("MULTI_GPU"), path  # FSDP is refused by the trainer
+        assert config.mixed_precision == "bf16", path  # matches the Janus-Pro recipes' model.precision
+
+
 def test_shards_concatenate_to_the_global_batch():
     for n, world in [(8, 2), (7, 3), (2, 4)]:
         parts = [list(range(n))[shard_slice(n, r, world)] for r in range(world)]

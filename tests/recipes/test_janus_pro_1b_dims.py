@@ -39,7 +39,12 @@ def test_one_unigame_step_at_janus_pro_1b_dimensions(tmp_path):
     tokenizer = step_cost._tokenizer()
     adapter, what, image_size = step_cost.build_model("janus-1b", 1, tokenizer)
     text = adapter.model.config.text_config
-    assert (text.hidden_size, text.intermediate_size, text.vocab_size, image_size) == (2048, 5632, 102400, 384)
+    assert (text.hidden_size, text.intermediate_size, text.vocab_size, image_size) == (
+        2048,
+        5632,
+        102400,
+        384,
+    )
 
     cfg = load_recipe(REPO / "configs" / "janus_pro_1b.yaml")  # the paper's hyperparameters, bf16, LoRA
     cfg.model.device = "cpu"
