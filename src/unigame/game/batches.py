@@ -4,10 +4,13 @@ Epoch e visits the records in the order `np.random.default_rng([seed, e]).permut
 full batches (a remainder smaller than a batch is skipped, so every step sees `batch_size`
 items). The position is (epoch, cursor): restoring it continues with exactly the batch an
 uninterrupted run would have drawn next. `training_records` builds the records a config names.
+With several processes `batch_size` is the global batch: every rank walks the same order and
+keeps its `shard` of each batch, so the position is shared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +89,7 @@ class RecordBatches:
         seed: int,
         image_size: int | None = None,
         device: str | torch.device = "cpu",
+        shard: Callable[[int], slice] | None = None,
     ) -> None:
         if not records:
             raise ValueError("no training records.")
@@ -100,6 +104,7 @@ class RecordBatches:
         self.seed = seed
         self.image_size = image_size
         self.device = torch.device(device)
+        self.shard = shard
         # Records asking about the same image share its array: store each image once.
         slot: dict[int, int] = {}
         index = [slot.setdefault(id(r.image), len(slot)) for r in records]
@@ -124,6 +129,8 @@ class RecordBatches:
             self._order = self._permutation(self.epoch)
         index = self._order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
+        if self.shard is not None:  # several processes: this rank's part of the global batch
+            index = index[self.shard(len(index))]
         return self.batch(index.tolist())
 
     def batch(self, index: list[int]) -> Batch:

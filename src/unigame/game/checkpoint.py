@@ -41,6 +41,7 @@ __all__ = [
     "LoadedCheckpoint",
     "NonFiniteStateError",
     "capture_rng",
+    "checkpoint_dir",
     "find_latest_checkpoint",
     "load_checkpoint",
     "optimizer_state",
@@ -103,6 +104,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` of a run lives: `<run_dir>/checkpoints/step-<step, 8 digits>`."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"{_PREFIX}{step:08d}"
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -118,8 +124,8 @@ def save_checkpoint(
     written) if a floating tensor or trainable LoRA weight is not finite, and `OSError` naming the
     checkpoint and the intact previous one if the write fails (e.g. ENOSPC).
     """
-    root = Path(run_dir) / CHECKPOINT_DIR
-    final = root / f"{_PREFIX}{step:08d}"
+    final = checkpoint_dir(run_dir, step)
+    root = final.parent
     _check_finite(final, tensors, lora_model)
     staging = root / f".tmp-{final.name}-{os.getpid()}"
     try:

@@ -61,7 +61,10 @@ class ModelConfig:
             `emu3_chat` (Emu3-Chat's format).
         precision: `fp32`, or `bf16`: bf16 autocast with the frozen weights stored in bf16; LoRA,
             the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2).
-        device: torch device (`cpu`, `cuda`, `cuda:1`).
+        device: torch device (`cpu`, `cuda`, `cuda:1`). Under `accelerate launch`/`torchrun` with
+            several processes: `cuda` (each process takes cuda:LOCAL_RANK) or `cpu` (gloo).
+        gradient_checkpointing: recompute transformer layers' activations in the backward instead of
+            storing them (language model and vision encoder): less memory, ~30% more compute.
         lora_r: LoRA rank (paper 16), >= 1.
         lora_alpha: LoRA alpha (paper 32), > 0.
         lora_dropout: LoRA dropout (paper 0.05), in [0, 1).
@@ -75,6 +78,7 @@ class ModelConfig:
     prompt: PromptName = "tiny"
     precision: Precision = "fp32"
     device: str = "cpu"
+    gradient_checkpointing: bool = False
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -90,7 +94,7 @@ class DataConfig:
             `annotations`, `images`, optionally a caption set; the paper's VQAv2 + CC3M subset).
         train_items: records of the ShapesWorld `train` split (source shapes), >= 1.
         split_seed: seed of the ShapesWorld split and of the data order of every source, >= 0.
-        batch_size: items per step, >= 1.
+        batch_size: items per step and process, >= 1 (the global batch is batch_size x processes).
         image_size: side of the square model input (Janus-Pro: 384). Source shapes: None keeps the
             rendered size. Source vqav2: required; images are padded to a square with grey and
             resized (Janus-Pro's own preprocessing).
@@ -176,7 +180,8 @@ class GameConfig:
             understand step uses this step's selected candidates directly (Table 4 rows without
             buffer).
         capacity: hard-sample buffer size (paper 50), >= 1.
-        replay_batch: buffer items replayed per understand step, >= 1; None: data.batch_size.
+        replay_batch: buffer items replayed per understand step and process, >= 1; None:
+            data.batch_size.
         mine_every: mine every m steps (paper m not fixed; 1 = every step), >= 1.
         challenge_steps: perturber updates per step (1:1 alternation = 1), >= 1.
         understand_steps: LoRA updates per step on the same mixed batch, >= 1.
@@ -330,6 +335,13 @@ def _errors(cfg: TrainConfig) -> list[str]:
     m = cfg.model
     choice("model.prompt", m.prompt, PromptName)
     choice("model.precision", m.precision, Precision)
+    _check(
+        errors,
+        "model.gradient_checkpointing",
+        m.gradient_checkpointing,
+        isinstance(m.gradient_checkpointing, bool),
+        "true | false",
+    )
     _check(errors, "model.device", m.device, _valid_device(m.device), "cpu, cuda, cuda:N, mps, xpu")
     ge("model.lora_r", m.lora_r, 1)
     _check(

@@ -3,6 +3,8 @@
 The lead wires `train` into `unigame.cli` (jsonargparse `auto_cli`); it can also be called from
 Python. Config errors (unknown keys, out-of-range values, missing paths) stop it before any model
 is loaded. SIGINT/SIGTERM end it at the next step boundary with a checkpoint and exit code 130/143.
+Under `accelerate launch -m unigame train ...` or `torchrun -m unigame train ...` every process runs
+this function; the trainer shards the data and only rank 0 writes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from unigame.game.checkpoint import resolve_resume
 from unigame.game.config import TrainConfig
+from unigame.game.distributed import is_main_process
 from unigame.game.signals import exit_code, stop_on_signals
 
 __all__ = ["default_run_dir", "load_recipe", "train"]
@@ -49,7 +52,7 @@ def train(
         run_dir = _run_dir_of(Path(resume))
     run_dir = run_dir or default_run_dir(cfg)
     checkpoint = resolve_resume(resume, run_dir)
-    if resume == "auto" and checkpoint is None:
+    if resume == "auto" and checkpoint is None and is_main_process():
         print(f"--resume auto: no complete checkpoint in {run_dir}; starting fresh.")
 
     trainer = UniGameTrainer(cfg, run_dir)
@@ -68,7 +71,8 @@ def train(
             )
             raise SystemExit(exit_code(stop.signum))
         trainer.write_report()
-        print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
+        if trainer.dist.is_main:
+            print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
     finally:
         trainer.cleanup()
 

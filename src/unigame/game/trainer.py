@@ -38,6 +38,7 @@ from unigame.game.batches import Batch, RecordBatches, training_records
 from unigame.game.buffer import HardSampleBuffer, MineStats, percentile_threshold
 from unigame.game.checkpoint import (
     capture_rng,
+    checkpoint_dir,
     load_checkpoint,
     optimizer_state,
     restore_optimizer,
@@ -45,6 +46,7 @@ from unigame.game.checkpoint import (
     save_checkpoint,
 )
 from unigame.game.config import ConfigError, TrainConfig, config_diff
+from unigame.game.distributed import Distributed, rank_seed
 from unigame.game.filters import SemanticFilter, SemanticScorer
 from unigame.game.perturber import perturbation_regulariser
 from unigame.game.protocol import UnifiedModel, check_unified_model
@@ -84,7 +86,8 @@ class HardBatch:
     latents: Tensor  # (K, ...) z̃ or t̃
     questions: list[str]
     answers: list[str]
-    slots: Tensor | None = None  # (K,) buffer slots they were replayed from; None for this step's selection
+    slots: Tensor | None = None  # (K·W,) buffer slots replayed on all W ranks; None for this step's selection
+    total: int | None = None  # hard items on all ranks together; None in one process
     pixels: Tensor | None = None  # (K, 3, H, W) their clean images, when the adversary decodes residually
 
 
@@ -148,6 +151,7 @@ class UniGameTrainer:
         self.logger: MetricsLogger | None = None
         self._last_selection: HardBatch | None = None  # buffer off: this step's selected candidates
         self._progress: Any = None
+        self.dist = Distributed()  # one process until `setup` reads the launcher's environment
 
     # =================================================================================== setup
     def setup(self, resume: str | Path | None = None) -> None:
@@ -156,8 +160,11 @@ class UniGameTrainer:
         missing = cfg.path_errors(model=self.adapter is None)
         if missing:
             raise ConfigError(missing)
-        self.device = torch.device(cfg.model.device)
+        # The process group first: it decides this process's device and its shard of every batch.
+        self.dist = Distributed.from_environment(cfg.model.device)
+        self.device = self.dist.device
         self.bf16 = cfg.model.precision == "bf16"
+        self._check_launcher_precision()
         # Seeds first: LoRA's and the perturber's initial weights draw from torch's global RNG, so
         # the SFT baseline and UniGame start from identical LoRA weights.
         _seed_everything(cfg.seed)
@@ -172,8 +179,9 @@ class UniGameTrainer:
         if self.adapter is None:
             from unigame.game.loading import load_adapter, resolve_model_path
 
-            model_path = resolve_model_path(cfg.model)
-            self.adapter = load_adapter(cfg.model, model_path)
+            with self.dist.main_process_first():  # rank 0 builds a missing cached base, the others wait
+                model_path = resolve_model_path(cfg.model)
+                self.adapter = load_adapter(cfg.model, model_path)
         check_unified_model(self.adapter)
         self.adapter.model.to(self.device)
 
@@ -190,12 +198,20 @@ class UniGameTrainer:
             if name.endswith("lora_dropout"):
                 module.train()  # ...but LoRA's own dropout (paper 0.05) is on while training
         self.lora_parameters = [p for p in self.peft_model.parameters() if p.requires_grad]
+        if cfg.model.gradient_checkpointing:
+            _enable_activation_checkpointing(self.adapter.model)
         if self.bf16:  # frozen weights never update, so they need no fp32 master copy
             _store_frozen_in_bf16(self.peft_model)
 
         # 3. Batches: the iterator's position is part of the checkpoint.
+        # data.batch_size is per process: every rank draws the same global batch and keeps its shard.
         self.batches = RecordBatches(
-            self.records, cfg.data.batch_size, cfg.data.split_seed, cfg.data.image_size, self.device
+            self.records,
+            cfg.data.batch_size * self.dist.world_size,
+            cfg.data.split_seed,
+            cfg.data.image_size,
+            self.device,
+            shard=self.dist.shard,
         )
         self._record_index = {r.id: i for i, r in enumerate(self.records)}
         probe = self.batches.batch([0]).pixels  # (1, 3, H, W): sizes the perturber and checks image size
@@ -250,12 +266,32 @@ class UniGameTrainer:
             self.lora_parameters, lr=cfg.optim.und_lr, weight_decay=cfg.optim.weight_decay
         )
 
-        # 6. Restore a checkpoint (after everything exists), then open the logs at its step.
+        # 6. Several processes: start from rank 0's weights, then give ranks > 0 their own dropout
+        # streams (rank 0 keeps the one-process stream). Before the checkpoint, which restores them.
+        if self.dist.world_size > 1:
+            self.dist.broadcast(self.trainable_parameters())
+            if not self.dist.is_main:
+                torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
+                if game.enabled:
+                    self.generation_generator.manual_seed(rank_seed(cfg.seed + 2, self.dist.rank))
+
+        # 7. Restore a checkpoint (after everything exists), then open the logs at its step (rank 0 writes).
         resumed_step = self.load_checkpoint(resume) if resume is not None else None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = MetricsLogger(self.run_dir, METRICS, cfg.logging.tensorboard, resumed_step)
-        self._write_config()
-        self._report_bad_records()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.logger = MetricsLogger(self.run_dir, METRICS, cfg.logging.tensorboard, resumed_step)
+            self._write_config()
+            self._report_bad_records()
+
+    def _check_launcher_precision(self) -> None:
+        launcher = self.dist.mixed_precision
+        if launcher not in (None, "no") and launcher != self.cfg.model.precision:
+            warnings.warn(
+                f"the launcher asks for mixed precision {launcher!r}, but unigame takes precision from "
+                f"model.precision={self.cfg.model.precision!r} (it keeps the perturber and the losses in fp32); "
+                "set model.precision to change it.",
+                stacklevel=3,
+            )
 
     def _report_bad_records(self) -> None:
         """Name every record left out: a summary warning, and all of them in <run>/bad_records.jsonl."""
@@ -325,11 +361,12 @@ class UniGameTrainer:
             attack = self.adversary.attack(self.adapter, clean, batch.questions, batch.answers, batch.pixels)
             reg = perturbation_regulariser(attack.delta)  # ‖δ‖² per sample, fp32
             loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
-            if not torch.isfinite(loss_challenge):
+            if not self._finite(loss_challenge):
                 return None
             self.opt_challenger.zero_grad(set_to_none=True)
             # Ascent; `inputs=` keeps this backward out of LoRA's gradients (U does not move here).
             (-loss_challenge).backward(inputs=self.challenger_parameters)
+            self.dist.average_gradients(self.challenger_parameters)  # several processes: DDP's all-reduce
             if not self._clip_is_finite(self.challenger_parameters, grad_clip):
                 return None
             self.opt_challenger.step()
@@ -350,26 +387,29 @@ class UniGameTrainer:
         )  # reuses the challenge forward's x̃ and H when mining: decoder
         passed = self.filter(candidates.clean_view, candidates.candidate_view, batch.texts).keep  # (B,)
         hardness = candidates.hardness  # (B,) per-sample CE
-        if self.buffer is not None:
-            payload = [{"question": q, "answer": a} for q, a in zip(batch.questions, batch.answers)]
-            stats = self.buffer.mine(
-                candidates.latents, hardness, passed, batch.ids, payload, percentile=game.percentile
+        latents, ids, questions, answers = candidates.latents, batch.ids, batch.questions, batch.answers
+        if self.dist.world_size > 1:  # every rank mines the global batch: one τ, one (replicated) buffer
+            latents, hardness, passed, ids, questions, answers = self._global_candidates(
+                batch.ids, latents, hardness, passed
             )
+        if self.buffer is not None:
+            payload = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
+            stats = self.buffer.mine(latents, hardness, passed, ids, payload, percentile=game.percentile)
         else:
             tau = percentile_threshold(hardness, game.percentile)
             chosen = (passed.cpu() & (hardness.cpu() >= tau)).nonzero().flatten().tolist()
             if chosen:
+                local = chosen[self.dist.shard(len(chosen))]  # this rank's share of the selection
                 self._last_selection = HardBatch(
-                    candidates.latents[chosen],
-                    [batch.questions[i] for i in chosen],
-                    [batch.answers[i] for i in chosen],
-                    pixels=batch.pixels[chosen] if self._replay_needs_pixels else None,
+                    latents[local],
+                    [questions[i] for i in local],
+                    [answers[i] for i in local],
+                    total=len(chosen) if self.dist.world_size > 1 else None,
+                    pixels=self._clean_pixels([ids[i] for i in local]) if self._replay_needs_pixels else None,
                 )
             n_passed = int(passed.sum())
             stats = MineStats(tau, int((hardness >= tau).sum()), n_passed, len(chosen), len(chosen))
-        metrics.update(
-            filter_pass_rate=stats.n_passed_filter / len(batch.ids), tau=stats.tau, mined=stats.n_pushed
-        )
+        metrics.update(filter_pass_rate=stats.n_passed_filter / len(ids), tau=stats.tau, mined=stats.n_pushed)
         return stats
 
     def understand_step(self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float]) -> bool:
@@ -378,7 +418,7 @@ class UniGameTrainer:
         cfg = self.cfg
         hard = self.hard_batch() if cfg.game.enabled else None
         tokens, questions, answers = clean_tokens, batch.questions, batch.answers  # (B, N_u, D_u)
-        if hard is not None:
+        if hard is not None and len(hard.questions):
             hard_tokens = self.miner.replay_tokens(self.adapter, hard.latents, hard.pixels)  # (K, N_u, D_u)
             tokens = torch.cat([clean_tokens, hard_tokens.to(clean_tokens.dtype)])  # (B+K, N_u, D_u)
             questions, answers = questions + hard.questions, answers + hard.answers
@@ -388,11 +428,12 @@ class UniGameTrainer:
             ce_clean, ce_hard = ce[:n_clean], ce[n_clean:]
             loss_understand = ce_clean.mean()
             if hard is not None:
-                loss_understand = loss_understand + cfg.game.beta * ce_hard.mean()
-            if not torch.isfinite(loss_understand):
+                loss_understand = loss_understand + cfg.game.beta * self._hard_mean(ce_hard, hard)
+            if not self._finite(loss_understand):
                 return False
             self.opt_understand.zero_grad(set_to_none=True)
             loss_understand.backward()
+            self.dist.average_gradients(self.lora_parameters)  # several processes: DDP's all-reduce
             if not self._clip_is_finite(self.lora_parameters, cfg.optim.grad_clip):
                 return False
             self.opt_understand.step()
@@ -400,11 +441,13 @@ class UniGameTrainer:
             loss_understand=float(loss_understand.detach()), ce_clean=float(ce_clean.detach().mean())
         )
         if hard is not None:
-            metrics["ce_hard"] = float(ce_hard.detach().mean())
+            metrics["ce_hard"] = float(self._hard_mean(ce_hard.detach(), hard))
             if hard.slots is not None:
                 # Re-rank replayed items by their current CE: otherwise items the model has learned
                 # keep their mining-time hardness and block harder new candidates from entering.
-                self.buffer.update_hardness(hard.slots, ce_hard.detach().double().cpu())
+                # Every rank updates every replayed slot, so the buffer replicas stay identical.
+                replayed_ce = self.dist.gather(ce_hard.detach().double())  # (K·W,) in slot order
+                self.buffer.update_hardness(hard.slots, replayed_ce.cpu())
         return True
 
     def hard_batch(self) -> HardBatch | None:
@@ -413,12 +456,13 @@ class UniGameTrainer:
             return self._last_selection
         if len(self.buffer) == 0:
             return None
-        k = self.cfg.game.replay_batch or self.cfg.data.batch_size
-        slots = self.buffer.sample_indices(k, self.replay_generator)  # (K,)
-        latents, ids, payload = self.buffer.gather(slots, device=self.device)
+        k = (self.cfg.game.replay_batch or self.cfg.data.batch_size) * self.dist.world_size  # global K
+        slots = self.buffer.sample_indices(k, self.replay_generator)  # (K,) the same draw on every rank
+        latents, ids, payload = self.buffer.gather(slots[self.dist.shard(k)], device=self.device)
+        total = k if self.dist.world_size > 1 else None
         pixels = self._clean_pixels(ids) if self._replay_needs_pixels else None
         return HardBatch(
-            latents, [p["question"] for p in payload], [p["answer"] for p in payload], slots, pixels
+            latents, [p["question"] for p in payload], [p["answer"] for p in payload], slots, total, pixels
         )
 
     @property
@@ -440,6 +484,39 @@ class UniGameTrainer:
         return float(np.mean([a != b for a, b in zip(clean, adversarial)]))
 
     # ============================================================================= step helpers
+    def _finite(self, loss: Tensor) -> bool:
+        """Whether `loss` is finite on every rank: all ranks skip or all step, never a hung all-reduce."""
+        return self.dist.all_true(bool(torch.isfinite(loss)))
+
+    def _hard_mean(self, ce_hard: Tensor, hard: HardBatch) -> Tensor:
+        """The hard term's mean CE. Several processes: this rank's sum × W / (items on all ranks), so the
+        ranks' mean of it -- what gradient averaging takes -- is the mean over all hard items even when
+        the ranks hold different numbers of them."""
+        if hard.total is None:
+            return ce_hard.mean()
+        return ce_hard.sum() * (self.dist.world_size / hard.total)
+
+    def _global_candidates(
+        self, ids: list[str], latents: Tensor, hardness: Tensor, passed: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, list[str], list[str], list[str]]:
+        """Every rank's mining candidates in rank order = the global batch's order: latents (W·B, ...),
+        hardness (W·B,), filter verdicts (W·B,), and the records' ids, questions and answers."""
+        index = torch.tensor(
+            [self._record_index[i] for i in ids], dtype=torch.float64, device=hardness.device
+        )
+        small = torch.stack([hardness.double(), passed.double(), index], dim=1)  # (B, 3)
+        small = self.dist.gather(small)  # (W·B, 3); float64 holds record indices exactly
+        latents = self.dist.gather(latents)  # (W·B, ...)
+        records = [self.records[int(i)] for i in small[:, 2].tolist()]
+        return (
+            latents,
+            small[:, 0],
+            small[:, 1] > 0,
+            [r.id for r in records],
+            [r.question for r in records],
+            [r.answer for r in records],
+        )
+
     def _clip_is_finite(self, parameters: list[nn.Parameter], max_norm: float) -> bool:
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
@@ -478,7 +555,9 @@ class UniGameTrainer:
                 metrics["buffer_size"] = len(self.buffer)
         metrics["nonfinite_steps"] = self.nonfinite_steps
         metrics["step_seconds"] = time.perf_counter() - start
-        self.logger.log(self.step, metrics)
+        metrics = self.dist.mean_metrics(metrics, METRICS)  # several processes: the mean over ranks
+        if self.logger is not None:  # rank 0 only
+            self.logger.log(self.step, metrics)
         if self._progress is not None:
             self._progress.update(1)
             if self.step % self.cfg.logging.log_every == 0:
@@ -489,7 +568,7 @@ class UniGameTrainer:
             self.save_checkpoint()
 
     def _open_progress(self, last: int) -> None:
-        if self.cfg.logging.progress and self._progress is None:
+        if self.cfg.logging.progress and self._progress is None and self.dist.is_main:
             from tqdm.auto import tqdm
 
             name = "UniGame" if self.cfg.game.enabled else "SFT"
@@ -518,6 +597,7 @@ class UniGameTrainer:
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """The whole progress record (except LoRA, saved by peft): tensors + JSON metadata."""
         tensors, rng_meta = capture_rng()
+        tensors.update(self._rank_rng_states())
         tensors["generator.replay"] = self.replay_generator.get_state()
         understand_tensors, understand_meta = optimizer_state(self.opt_understand, "optim.understand")
         tensors.update(understand_tensors)
@@ -529,6 +609,7 @@ class UniGameTrainer:
             "rng": rng_meta,
             "optim": {"understand": understand_meta},
             "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
         }
         if self.cfg.game.enabled:
             tensors.update({f"perturber.{k}": v for k, v in self.perturber.state_dict().items()})
@@ -545,12 +626,50 @@ class UniGameTrainer:
         return tensors, meta
 
     def save_checkpoint(self) -> Path:
-        """Write the progress record atomically to `<run>/checkpoints/step-<step>`; a state holding
-        NaN/Inf raises `NonFiniteStateError` and writes nothing."""
+        """Write the progress record atomically to `<run>/checkpoints/step-<step>` (rank 0 writes; every
+        rank takes part, since the record holds each rank's random state, and waits for the write); a
+        state holding NaN/Inf raises `NonFiniteStateError` and writes nothing."""
         tensors, meta = self.state_dict()
-        return save_checkpoint(
-            self.run_dir, self.step, self.peft_model, tensors, meta, self.cfg.logging.keep_checkpoints
-        )
+        path = checkpoint_dir(self.run_dir, self.step)
+        if self.dist.is_main:
+            path = save_checkpoint(
+                self.run_dir, self.step, self.peft_model, tensors, meta, self.cfg.logging.keep_checkpoints
+            )
+        self.dist.barrier()
+        return path
+
+    def _rank_rng_states(self) -> dict[str, Tensor]:
+        """Several processes: the random streams of ranks > 0 (dropout, official-mining sampling), gathered
+        so that rank 0's checkpoint resumes every rank exactly. Empty in one process."""
+        if self.dist.world_size == 1:
+            return {}
+        own = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.cfg.game.enabled:
+            own["generator.generation"] = self.generation_generator.get_state()
+        states: dict[str, Tensor] = {}
+        for name, state in own.items():
+            gathered = self.dist.gather(state[None])  # (W, S) uint8, one row per rank
+            states.update({f"rank{r}.{name}": gathered[r].cpu() for r in range(1, self.dist.world_size)})
+        return states
+
+    def _restore_rank_rng(self, tensors: dict[str, Tensor], saved_world_size: int) -> None:
+        if self.dist.world_size != saved_world_size:
+            warnings.warn(
+                f"resuming a {saved_world_size}-process checkpoint with {self.dist.world_size} processes: the "
+                "global batch is now data.batch_size x the new process count, and ranks > 0 draw new dropout "
+                "masks, so the run continues but does not repeat the original one exactly.",
+                stacklevel=3,
+            )
+        prefix = f"rank{self.dist.rank}."
+        if self.dist.is_main or prefix + "rng.torch" not in tensors:
+            return
+        torch.set_rng_state(tensors[prefix + "rng.torch"])
+        if prefix + "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[prefix + "rng.cuda"], self.device)
+        if prefix + "generator.generation" in tensors and self.cfg.game.enabled:
+            self.generation_generator.set_state(tensors[prefix + "generator.generation"])
 
     def load_checkpoint(self, path: str | Path) -> int:
         """Restore everything `save_checkpoint` wrote; warn about config differences (this run's wins)."""
@@ -600,6 +719,7 @@ class UniGameTrainer:
         self.nonfinite_steps = int(meta["nonfinite_steps"])
         self.nonfinite_streak = int(meta.get("nonfinite_streak", 0))  # absent in older checkpoints
         restore_rng(tensors, meta["rng"])  # last: nothing after this may draw random numbers
+        self._restore_rank_rng(tensors, int(meta.get("world_size", 1)))  # ranks > 0: their own streams
         return self.step
 
     def _write_config(self) -> None:
@@ -609,7 +729,7 @@ class UniGameTrainer:
 
     def write_report(self) -> list[Path]:
         """PNG plots of the run's curves and a panel of the hardest samples (if `logging.plots`)."""
-        if not self.cfg.logging.plots:
+        if not self.cfg.logging.plots or not self.dist.is_main:
             return []
         self.logger.close()  # flush the CSV before reading it back
         written = plot_training_curves(self.logger.csv_path, self.run_dir / "plots")
@@ -658,6 +778,10 @@ class UniGameTrainer:
             self._progress = None
 
     # ======================================================================== for tests/tools
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LoRA's and the perturber's trainable parameters (what gradient averaging and broadcast cover)."""
+        return self.lora_parameters + (self.challenger_parameters if self.cfg.game.enabled else [])
+
     def trainable_state(self) -> dict[str, Tensor]:
         """Copies of every trainable tensor (LoRA and perturber) keyed by name."""
         state = {
@@ -683,6 +807,31 @@ def _store_frozen_in_bf16(model: nn.Module) -> None:
             for name, buffer in module.named_buffers(recurse=False):
                 if buffer.is_floating_point():
                     setattr(module, name, buffer.to(torch.bfloat16))
+
+
+def _enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each transformer layer's activations in the backward instead of storing them
+    (transformers' activation checkpointing, non-reentrant, on every layer that supports it: the
+    language model's, and the vision encoder's that the challenger's gradient also crosses)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "gradient_checkpointing_enable"):  # transformers < 5.x spelling
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise ValueError(
+            f"model.gradient_checkpointing=true needs a transformers model; {type(model).__name__} has no "
+            "activation_checkpointing_enable. Set model.gradient_checkpointing false."
+        )
+    # Workaround: transformers checkpoints a layer only while `layer.training` is set, and the frozen
+    # model runs in eval mode (no dropout). Setting the flag on the checkpointed layers alone (not their
+    # children, whose dropouts read their own flags) turns checkpointing on and leaves dropout off.
+    # Remove when transformers decouples checkpointing from training mode.
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+            module.training = True
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,181 @@
+"""Several processes = one process with the same global batch: a 2-process gloo run on CPU (launched by
+`torchrun`) against in-process 1-process runs, in SFT and UniGame modes; exact multi-process resume;
+`accelerate launch -m unigame train` end to end; the batch shards; and one process without a launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from unigame.data.splits import build_split
+from unigame.game.batches import RecordBatches
+from unigame.game.distributed import Distributed, shard_slice
+from unigame.game.run_logging import read_metrics
+from unigame.game.trainer import UniGameTrainer
+
+from ._distributed_worker import UNIGAME, config
+from .test_run import janus_dir  # noqa: F401 - the fixture: a tiny random Janus saved as a model directory
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[1] / "src"
+# Tolerance of 2 processes vs 1: the ranks' forward passes run on half batches and their gradients are
+# averaged in another order, so results differ by float32 rounding (measured: <= 6e-6 absolute on
+# weights of magnitude ~3e-3 after 3 AdamW steps); 1e-4 leaves room and still catches a wrong shard,
+# a missing gradient average or a mis-weighted loss (those move weights by ~lr = 1e-3 per step).
+ATOL = 1e-4
+
+
+def _env() -> dict[str, str]:
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    )
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - safe_open has no __iter__
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> Path:
+    """Launch the worker on 2 CPU processes (gloo) with 2 items per rank; return its output folder."""
+    out = tmp_path_factory.mktemp("two-process")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(HERE / "_distributed_worker.py"), "--out", str(out), "--steps", "3", "--batch", "2"]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sft", "unigame"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(
+    two_process_runs, tmp_path, make_janus, records, mode
+):
+    cfg = config(3, 4, enabled=False) if mode == "sft" else config(3, 4, **UNIGAME)  # 4 = 2 ranks x 2
+    one = UniGameTrainer(cfg, tmp_path / mode, make_janus(), None, records)
+    one.setup()
+    before = one.trainable_state()
+    one.train()
+    one.cleanup()
+    expected = one.trainable_state()
+    got, meta = _load(two_process_runs / f"{mode}.safetensors")
+    assert meta["world_size"] == "2"
+
+    weights = {k: v for k, v in got.items() if not k.startswith("buffer.")}
+    assert weights.keys() == expected.keys()
+    assert any(not torch.equal(before[k], expected[k]) for k in expected if "lora_B" in k)  # it trained
+    for name, value in expected.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=ATOL, msg=name)
+    if mode == "unigame":  # one global τ and a replicated buffer: the same items, hardness within rounding
+        assert json.loads(meta["buffer.ids"]) == one.buffer.ids and len(one.buffer) == 6
+        torch.testing.assert_close(got["buffer.hardness"], one.buffer.hardness, rtol=1e-4, atol=0)
+
+    # Rank 0's log holds the mean over ranks, which is the one-process step's value.
+    two, single = (
+        read_metrics(two_process_runs / mode / "metrics.csv"),
+        read_metrics(tmp_path / mode / "metrics.csv"),
+    )
+    assert two["step"].tolist() == [1, 2, 3]
+    columns = ["loss_understand", "ce_clean"] + (
+        ["ce_hard", "ce_adv", "tau", "buffer_size", "mined", "attack_success_rate", "eps"]
+        if mode == "unigame"
+        else []
+    )
+    for column in columns:
+        np.testing.assert_allclose(two[column], single[column], rtol=1e-4, equal_nan=True, err_msg=column)
+
+
+def test_two_process_run_resumes_exactly(two_process_runs):
+    """Interrupted after step 1 and resumed = uninterrupted, bitwise, with dropout on (every rank's own
+    random stream is in rank 0's checkpoint)."""
+    whole, _ = _load(two_process_runs / "whole.safetensors")
+    resumed, _ = _load(two_process_runs / "resumed.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+    assert read_metrics(two_process_runs / "split" / "metrics.csv")["step"].tolist() == [1, 2, 3]
+
+
+def test_accelerate_launch_runs_the_cli_on_two_processes(janus_dir, tmp_path):  # noqa: F811
+    """The documented command: `accelerate launch --multi_gpu -m unigame train` (gloo on CPU here)."""
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu"]
+    launch += [
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    launch += ["--main_process_port", str(port), "-m", "unigame", "train", "--cfg.model.path", str(janus_dir)]
+    launch += ["--cfg.data.train_items", "16", "--cfg.data.batch_size", "2", "--cfg.optim.steps", "2"]
+    launch += ["--cfg.game.clip_calibration", "absolute", "--cfg.game.clip_threshold", "-1"]
+    launch += ["--cfg.logging.log_every", "1", "--cfg.logging.progress", "false", "--output", str(run)]
+    result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert result.stdout.count("final checkpoint") == 1  # rank 0 reports
+    assert read_metrics(run / "metrics.csv")["step"].tolist() == [1, 2]
+    state = json.loads((run / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["data"]["cursor"] == 8  # 2 steps x global batch 2 x 2
+    assert (run / "checkpoints" / "step-00000002" / "lora" / "adapter_model.safetensors").is_file()
+
+
+def test_shipped_accelerate_configs_load_and_run_data_parallel():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    configs = sorted((HERE.parents[1] / "configs" / "accelerate").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = ClusterConfig.from_yaml_file(str(path))
+        assert str(config.distributed_type).endswith("MULTI_GPU"), path  # FSDP is refused by the trainer
+        assert config.mixed_precision == "bf16", path  # matches the Janus-Pro recipes' model.precision
+
+
+def test_shards_concatenate_to_the_global_batch():
+    for n, world in [(8, 2), (7, 3), (2, 4)]:
+        parts = [list(range(n))[shard_slice(n, r, world)] for r in range(world)]
+        assert sum(parts, []) == list(range(n))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    records = build_split("train", 12, 0)
+    full = RecordBatches(records, 4, seed=3)
+    ranks = [RecordBatches(records, 4, seed=3, shard=lambda n, r=r: shard_slice(n, r, 2)) for r in range(2)]
+    for _ in range(5):  # across an epoch boundary too
+        assert next(full).ids == next(ranks[0]).ids + next(ranks[1]).ids
+
+
+def test_one_process_without_a_launcher_is_the_plain_device(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist = Distributed.from_environment("cpu")
+    assert (dist.rank, dist.world_size, dist.device, dist.is_main) == (0, 1, torch.device("cpu"), True)
+    grad = torch.ones(3)
+    param = torch.nn.Parameter(torch.zeros(3))
+    param.grad = grad
+    dist.average_gradients([param])
+    assert param.grad is grad  # untouched
+    assert dist.mean_metrics({"a": 1.0}, ["a", "b"]) == {"a": 1.0}
+
+
+def test_launcher_errors_name_the_fix(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="model.device='cuda:1'.*set model.device cuda"):
+        Distributed.from_environment("cuda:1")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(NotImplementedError, match="FSDP.*configs/accelerate/ddp.yaml"):
+        Distributed.from_environment("cuda")
