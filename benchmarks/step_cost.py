@@ -1,4 +1,4 @@
-"""Step cost of UniGame vs the SFT baseline, measured side by side in one run (DESIGN §5: <= 2.5x).
+"""Step cost of UniGame vs the SFT baseline, measured side by side in one run (target: <= 2.5x).
 
 Three step kinds on the same model, batch and data, interleaved round by round so that load on a
 shared machine hits all of them alike:

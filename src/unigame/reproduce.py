@@ -335,8 +335,9 @@ def reproduce(
 ) -> dict[str, Any]:
     """Reproduce a paper table on ShapesWorld: train every row for several seeds, evaluate, summarise.
 
-    Writes `<output>/results.md` (the table with command, seeds, machine and wall time) and
-    `<output>/results.json`; rerunning reuses finished runs and resumes interrupted ones.
+    Writes `<output>/table-<table>.md` (the table with command, seeds, machine and times) and
+    `<output>/table-<table>.json`; rerunning reuses finished runs and resumes interrupted ones, so
+    `--table main` after `--table 4` into the same output only evaluates what is missing.
 
     Args:
         table: `4` (the ablation: baseline, SFT, noise, embedding (+cosine, +buffer), decoding
@@ -350,7 +351,8 @@ def reproduce(
             (configs/shapes_tiny_unigame.yaml).
         output: folder for runs, evaluations and results (default runs/reproduce-table<table>-<split>).
         split: `test` (report) or `val` (tune: independently drawn scenes; never tune on test).
-        rows: only these rows (names as in results.md), e.g. [sft, full].
+        rows: only these rows (their names: baseline, sft, noise, embedding, embedding-cosine,
+            embedding-cosine-buffer, decoding, decoding-cosine, decoding-clip, full), e.g. [sft,full].
         set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), or a
             list of them ('[game.eps_max=0.05,game.beta=1.0]').
         quick: tiny evaluation sizes (a smoke test, not a result).
@@ -427,10 +429,10 @@ def reproduce(
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(record, indent=2))
-    (out / "results.md").write_text(results_markdown(record, text))
+    (out / f"table-{table}.json").write_text(json.dumps(record, indent=2))
+    (out / f"table-{table}.md").write_text(results_markdown(record, text))
     console.print("\n" + text)
-    console.print(f"\nWrote {out / 'results.md'} and results.json ({wall / 60:.1f} min)")
+    console.print(f"\nWrote {out / f'table-{table}.md'} and table-{table}.json ({wall / 60:.1f} min)")
     return record
 
 
@@ -453,5 +455,7 @@ def results_markdown(record: Mapping[str, Any], table: str) -> str:
         f"* evaluation: the shapes suite, {record['split']} split (suite seed "
         f"{SPLIT_SEEDS[record['split']]})\n"
         f"* machine: {record['machine']}\n"
-        f"* wall time: {record['wall_s'] / 60:.1f} min ({record['finished']})\n"
+        f"* time: {record['wall_s'] / 60:.1f} min wall for this command ({record['finished']}); the runs "
+        f"it reports took {sum(r['train_s'] + r['eval_s'] for r in record['results']) / 60:.1f} min of "
+        "training + evaluation in all (summed over runs, as recorded when they ran)\n"
     )

@@ -46,7 +46,7 @@ def test_reproduce_runs_the_grid_writes_results_and_reuses_finished_runs(demo_di
             "--model", str(demo_dir / "base"), "--output", str(tmp_path), "--quick", "--workers", "1",
             "--set", "game.beta=0.25"]  # fmt: skip
     main(args)
-    record = json.loads((tmp_path / "results.json").read_text())
+    record = json.loads((tmp_path / "table-4.json").read_text())
     assert record["overrides"] == {"game.beta": 0.25}
     assert "beta: 0.25" in (tmp_path / "noise" / "seed-0" / "run" / "config.yaml").read_text()
     assert [(r["row"], r["seed"]) for r in record["results"]] == [
@@ -54,13 +54,13 @@ def test_reproduce_runs_the_grid_writes_results_and_reuses_finished_runs(demo_di
     ]  # fmt: skip
     assert all(r["eval_s"] > 0 for r in record["results"])
     assert [entry["n"] for entry in record["summary"]] == [1, 2, 2]
-    results_md = (tmp_path / "results.md").read_text()
+    results_md = (tmp_path / "table-4.md").read_text()
     assert "| random noise in token space | 2 |" in results_md and "seeds [0, 1]" in results_md
     # Seeds differ in what they train on (cfg.seed = data.split_seed = seed).
     configs = [(tmp_path / "sft" / f"seed-{s}" / "run" / "config.yaml").read_text() for s in (0, 1)]
     assert "split_seed: 0" in configs[0] and "split_seed: 1" in configs[1]
     main(args)  # everything on disk is reused (and its recorded time reported)
-    again = json.loads((tmp_path / "results.json").read_text())
+    again = json.loads((tmp_path / "table-4.json").read_text())
     assert all(r["reused"] for r in again["results"]) and not any(r["reused"] for r in record["results"])
     assert again["summary"] == record["summary"]
 
