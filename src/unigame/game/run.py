@@ -1,6 +1,6 @@
 """The `train` entry point: config in, a trained LoRA + perturber, logs, plots and checkpoints out.
 
-The lead wires `train` into `unigame.cli` (jsonargparse `auto_cli`); it can also be called from
+`unigame.cli` exposes `train` as a subcommand (jsonargparse `auto_cli`); it can also be called from
 Python. Config errors (unknown keys, out-of-range values, missing paths) stop it before any model
 is loaded. SIGINT/SIGTERM end it at the next step boundary with a checkpoint and exit code 130/143.
 Under `accelerate launch -m unigame train ...` or `torchrun -m unigame train ...` every process runs
