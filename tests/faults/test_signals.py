@@ -67,6 +67,7 @@ def test_sigint_in_process_saves_the_current_step_and_exits_130(tmp_path, janus_
 
     monkeypatch.setattr(UniGameTrainer, "_end_step", interrupt_after_step_2)
     run = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     with pytest.raises(SystemExit) as info:
         train(_cfg(str(janus_dir), steps=50), output=str(run))
     assert info.value.code == 130
@@ -74,7 +75,7 @@ def test_sigint_in_process_saves_the_current_step_and_exits_130(tmp_path, janus_
     assert f"stopped by SIGINT after step 2; checkpoint saved: {checkpoint}" in capsys.readouterr().out
     verify_checkpoint(checkpoint)
     assert read_metrics(run / "metrics.csv")["step"].tolist() == [1, 2]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler in force before is restored
 
 
 def test_sigterm_to_a_training_process_saves_and_resume_auto_continues(tmp_path, janus_dir):

@@ -48,7 +48,9 @@ def test_one_unigame_step_at_janus_pro_1b_dimensions(tmp_path):
 
     cfg = load_recipe(REPO / "configs" / "janus_pro_1b.yaml")  # the paper's hyperparameters, bf16, LoRA
     cfg.model.device = "cpu"
-    cfg.data.source = "shapes"  # the recipe names local VQAv2 files; here 4 ShapesWorld records stand in
+    # The recipe names local VQAv2/CC3M files; here 4 ShapesWorld records stand in.
+    cfg.data.source = "shapes"
+    cfg.data.questions = cfg.data.annotations = cfg.data.images = cfg.data.captions = None
     cfg.data.train_items, cfg.data.batch_size = 4, 1
     cfg.optim.steps = 1
     cfg.game.filter = "none"  # a random model's decoded images mean nothing to a semantic filter

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from unigame.models.sequences import CAPTION_QUESTION, answer_ce, greedy_ids, pack
+from unigame.models.sequences import CAPTION_QUESTION, answer_ce, cache_argument, greedy_ids, pack
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Emu3ForConditionalGeneration, PreTrainedTokenizerBase
@@ -407,8 +407,8 @@ class Emu3Adapter:
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_argument(self.model.model.text_model): cache},
             ).last_hidden_state
             logits = self._image_logits(hidden[:, -1])  # (2B, K)
             logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])

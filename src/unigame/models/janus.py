@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from unigame.models.sequences import CAPTION_QUESTION, answer_ce, greedy_ids, pack
+from unigame.models.sequences import CAPTION_QUESTION, answer_ce, cache_argument, greedy_ids, pack
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
@@ -277,8 +277,8 @@ class JanusAdapter:
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_argument(lm): cache},
             ).last_hidden_state
             logits = self.model.model.generation_head(hidden[:, -1]).float()  # (2B, K)
             logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CAPTION_QUESTION", "answer_ce", "greedy_ids", "pack"]
+__all__ = ["cache_argument", "CAPTION_QUESTION", "answer_ce", "greedy_ids", "pack"]
 
 # The question `caption()` asks; the tiny bases are trained with it (see unigame.pretrain).
 CAPTION_QUESTION = "Describe the image."
@@ -61,6 +61,14 @@ def answer_ce(lm_head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
     return sums / picked.sum(-1).clamp(min=1)
 
 
+def cache_argument(lm: torch.nn.Module) -> str:
+    """The keyword a transformers decoder takes its KV cache by: `cache` (transformers >= 5.24;
+    `past_key_values` is deprecated there) or `past_key_values` (earlier 5.x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def greedy_ids(
     lm: nn.Module,
@@ -90,8 +98,8 @@ def greedy_ids(
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_argument(lm): cache},
         ).last_hidden_state
         next_ids = lm_head(hidden[:, -1]).argmax(-1)  # (B,)
         next_ids = torch.where(done, torch.full_like(next_ids, eos_id), next_ids)
