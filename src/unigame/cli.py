@@ -13,7 +13,7 @@ from unigame.eval.run import compare, evaluate, generate
 from unigame.game.run import train
 from unigame.game.trainer import NonFiniteRunError
 from unigame.pretrain.base import BaseConfig
-from unigame.reproduce import reproduce
+from unigame.reproduce import GridError, reproduce
 
 
 def base(cfg: BaseConfig = BaseConfig(), output: str | None = None, force: bool = False) -> None:  # noqa: B008
@@ -80,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "reproduce": reproduce,
         }
         auto_cli(commands, args=args)
-    except (ValueError, OSError, NonFiniteRunError) as err:  # bad config/data/path, divergence, full disk
+    except (
+        ValueError,
+        OSError,
+        NonFiniteRunError,
+        GridError,
+    ) as err:  # bad config/data/path, divergence, full disk, failed grid jobs
         print(f"unigame: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

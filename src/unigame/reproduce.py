@@ -31,6 +31,7 @@ from unigame.game.config import TrainConfig
 
 __all__ = [
     "COLUMNS",
+    "GridError",
     "Job",
     "Row",
     "TABLES",
@@ -241,25 +242,46 @@ def _train_and_evaluate(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
+class GridError(RuntimeError):
+    """Some jobs of a grid failed; the others finished and stay on disk for the rerun."""
+
+
+def _log_of(job: Job) -> Path:
+    eval_dir = Path(job.eval_dir)
+    return eval_dir.parent / f"{eval_dir.name}.log"
+
+
 def run_jobs(
     jobs: Sequence[Job], workers: int, on_done: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict]:
-    """Run `jobs` on `workers` processes (1: in this process), in order of submission."""
+    """Run `jobs` on `workers` processes (1: in this process); results in order of submission.
+
+    A failing job does not stop the others: once all have run, `GridError` names every failed job
+    and its log, and a rerun reuses what finished."""
     results: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def finished(job: Job, result: Callable[[], dict[str, Any]]) -> None:
+        try:
+            results.append(result())
+        except Exception as err:  # noqa: BLE001 - reported below with the job and its log
+            failures.append(f"{job.row} seed {job.seed}: {type(err).__name__}: {err} (log: {_log_of(job)})")
+            return
+        if on_done:
+            on_done(results[-1])
+
     if workers <= 1:
         for job in jobs:
-            results.append(run_job(job))
-            if on_done:
-                on_done(results[-1])
-        return results
-    import multiprocessing
+            finished(job, lambda job=job: run_job(job))
+    else:
+        import multiprocessing
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        for future in as_completed(futures):
-            results.append(future.result())
-            if on_done:
-                on_done(results[-1])
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                finished(futures[future], future.result)
+    if failures:
+        raise GridError(f"{len(failures)} of {len(jobs)} jobs failed:\n  " + "\n  ".join(failures))
     order = {(j.row, j.seed): i for i, j in enumerate(jobs)}
     return sorted(results, key=lambda r: order[(r["row"], r["seed"])])
 

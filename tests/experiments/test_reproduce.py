@@ -150,3 +150,25 @@ def test_summarize_and_table_give_mean_std_and_the_unigame_minus_sft_line(tmp_pa
     lines = table.splitlines()
     assert lines[3].startswith("| SFT | 2 | 61.0 ± 1.4 | 50.0 ± 0.0 | 12.0 ± 2.8 |")
     assert lines[-1].startswith("| **UniGame − SFT** | | +0.0 | +0.0 | +9.0 |")
+
+
+def test_a_failing_job_does_not_stop_the_grid_and_is_named_with_its_log(tmp_path, monkeypatch):
+    from unigame import reproduce as grid
+
+    rows = [r for r in TABLES["4"] if r.name in ("sft", "noise")]
+    jobs = plan_jobs(rows, [0], TrainConfig(), tmp_path / "base", tmp_path / "out")
+    ran = []
+
+    def fake_run_job(job):
+        ran.append(job.row)
+        if job.row == "sft":
+            raise RuntimeError("disk on fire")
+        return {"row": job.row, "seed": job.seed}
+
+    monkeypatch.setattr(grid, "run_job", fake_run_job)
+    with pytest.raises(
+        grid.GridError,
+        match=r"1 of 2 jobs failed:\n  sft seed 0: RuntimeError: disk on fire \(log: .*eval-test.log\)",
+    ):
+        grid.run_jobs(jobs, workers=1)
+    assert ran == ["sft", "noise"]  # the second job still ran
