@@ -116,17 +116,19 @@ def save_checkpoint(
     tensors: dict[str, Tensor],
     meta: dict[str, Any],
     keep: int = 2,
+    lora_state: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically under `<run_dir>/checkpoints/`; keep the newest `keep`.
 
-    `lora_model` is a peft model (saved with `save_pretrained`); `tensors` go to safetensors
+    `lora_model` is a peft model (saved with `save_pretrained`; from `lora_state`, its whole weights
+    keyed like its state_dict, when given: FSDP's gathered shards); `tensors` go to safetensors
     (contiguous CPU copies are made here), `meta` to JSON. Raises `NonFiniteStateError` (nothing
     written) if a floating tensor or trainable LoRA weight is not finite, and `OSError` naming the
     checkpoint and the intact previous one if the write fails (e.g. ENOSPC).
     """
     final = checkpoint_dir(run_dir, step)
     root = final.parent
-    _check_finite(final, tensors, lora_model)
+    _check_finite(final, tensors, lora_model, lora_state)
     staging = root / f".tmp-{final.name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,8 @@ def save_checkpoint(
             shutil.rmtree(staging)
         staging.mkdir()
         if lora_model is not None:
-            lora_model.save_pretrained(str(staging / _LORA_DIR), safe_serialization=True)
+            extra = {} if lora_state is None else {"state_dict": lora_state}
+            lora_model.save_pretrained(str(staging / _LORA_DIR), safe_serialization=True, **extra)
         cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_file(cpu, str(staging / _STATE_TENSORS))
         (staging / _CHECKSUMS).write_text(json.dumps(_checksums(staging), indent=1))
@@ -164,9 +167,16 @@ def save_checkpoint(
     return final
 
 
-def _check_finite(final: Path, tensors: dict[str, Tensor], lora_model: nn.Module | None) -> None:
+def _check_finite(
+    final: Path,
+    tensors: dict[str, Tensor],
+    lora_model: nn.Module | None,
+    lora_state: dict[str, Tensor] | None = None,
+) -> None:
     named = list(tensors.items())
-    if lora_model is not None:
+    if lora_state is not None:
+        named += [(f"lora:{n}", t) for n, t in lora_state.items()]
+    elif lora_model is not None:
         named += [(f"lora:{n}", p) for n, p in lora_model.named_parameters() if p.requires_grad]
     bad = [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:

@@ -46,7 +46,7 @@ from unigame.game.checkpoint import (
     save_checkpoint,
 )
 from unigame.game.config import ConfigError, TrainConfig, config_diff
-from unigame.game.distributed import Distributed, rank_seed
+from unigame.game.distributed import Distributed, is_sharded, rank_seed
 from unigame.game.filters import SemanticFilter, SemanticScorer
 from unigame.game.perturber import perturbation_regulariser
 from unigame.game.protocol import UnifiedModel, check_unified_model
@@ -197,11 +197,19 @@ class UniGameTrainer:
         for name, module in self.peft_model.named_modules():
             if name.endswith("lora_dropout"):
                 module.train()  # ...but LoRA's own dropout (paper 0.05) is on while training
-        self.lora_parameters = [p for p in self.peft_model.parameters() if p.requires_grad]
         if cfg.model.gradient_checkpointing:
             _enable_activation_checkpointing(self.adapter.model)
         if self.bf16:  # frozen weights never update, so they need no fp32 master copy
             _store_frozen_in_bf16(self.peft_model)
+        # FSDP: shard the decoder layers after LoRA and the bf16 cast, since sharding replaces the
+        # parameters; rank 0's LoRA weights are broadcast first, while they are still whole tensors.
+        if self.dist.fsdp:
+            self.dist.broadcast([p for p in self.peft_model.parameters() if p.requires_grad])
+            self.dist.shard_language_model(self.peft_model)
+        self.lora_parameters = [p for p in self.peft_model.parameters() if p.requires_grad]
+        # What FSDP does not reduce itself (all of LoRA without FSDP, none with it) is averaged by hand,
+        # like the perturber.
+        self.replicated_lora = [p for p in self.lora_parameters if not is_sharded(p)]
 
         # 3. Batches: the iterator's position is part of the checkpoint.
         # data.batch_size is per process: every rank draws the same global batch and keeps its shard.
@@ -269,7 +277,7 @@ class UniGameTrainer:
         # 6. Several processes: start from rank 0's weights, then give ranks > 0 their own dropout
         # streams (rank 0 keeps the one-process stream). Before the checkpoint, which restores them.
         if self.dist.world_size > 1:
-            self.dist.broadcast(self.trainable_parameters())
+            self.dist.broadcast([p for p in self.trainable_parameters() if not is_sharded(p)])
             if not self.dist.is_main:
                 torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
                 if game.enabled:
@@ -433,7 +441,8 @@ class UniGameTrainer:
                 return False
             self.opt_understand.zero_grad(set_to_none=True)
             loss_understand.backward()
-            self.dist.average_gradients(self.lora_parameters)  # several processes: DDP's all-reduce
+            # Several processes: DDP's all-reduce (FSDP has reduce-scattered its shards in the backward).
+            self.dist.average_gradients(self.replicated_lora)
             if not self._clip_is_finite(self.lora_parameters, cfg.optim.grad_clip):
                 return False
             self.opt_understand.step()
@@ -600,7 +609,7 @@ class UniGameTrainer:
         tensors.update(self._rank_rng_states())
         tensors["generator.replay"] = self.replay_generator.get_state()
         understand_tensors, understand_meta = optimizer_state(self.opt_understand, "optim.understand")
-        tensors.update(understand_tensors)
+        tensors.update({k: self.dist.full_tensor(v) for k, v in understand_tensors.items()})  # FSDP: gathered
         meta: dict[str, Any] = {
             "step": self.step,
             "nonfinite_steps": self.nonfinite_steps,
@@ -630,13 +639,31 @@ class UniGameTrainer:
         rank takes part, since the record holds each rank's random state, and waits for the write); a
         state holding NaN/Inf raises `NonFiniteStateError` and writes nothing."""
         tensors, meta = self.state_dict()
+        lora = self._full_lora_state()
         path = checkpoint_dir(self.run_dir, self.step)
         if self.dist.is_main:
             path = save_checkpoint(
-                self.run_dir, self.step, self.peft_model, tensors, meta, self.cfg.logging.keep_checkpoints
+                self.run_dir,
+                self.step,
+                self.peft_model,
+                tensors,
+                meta,
+                self.cfg.logging.keep_checkpoints,
+                lora_state=lora,
             )
         self.dist.barrier()
         return path
+
+    def _full_lora_state(self) -> dict[str, Tensor] | None:
+        """FSDP: the whole LoRA weights, gathered to rank 0's CPU (every rank must call it; the others
+        get an empty dict). None without FSDP, where peft reads them from the model itself."""
+        if not any(is_sharded(p) for p in self.lora_parameters):
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # ignore_frozen_params: only LoRA is gathered, not the 7B frozen weights.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        return get_model_state_dict(self.peft_model, options=options)
 
     def _rank_rng_states(self) -> dict[str, Tensor]:
         """Several processes: the random streams of ranks > 0 (dropout, official-mining sampling), gathered
@@ -693,6 +720,10 @@ class UniGameTrainer:
                 f"{self.cfg.game.enabled}; a run cannot switch between SFT and UniGame on resume."
             )
         lora = load_file(str(ckpt.lora_path / "adapter_model.safetensors"), device=str(self.device))
+        sharded = [p for p in self.lora_parameters if is_sharded(p)]
+        if sharded:  # FSDP: every rank read the whole weights; keep this rank's shards (all laid out alike)
+            lora = {k: self.dist.shard_like(v, sharded[0]) for k, v in lora.items()}
+            tensors = self._shard_optimizer_state(tensors, "optim.understand", self.opt_understand)
         result = set_peft_model_state_dict(self.peft_model, lora)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
@@ -721,6 +752,19 @@ class UniGameTrainer:
         restore_rng(tensors, meta["rng"])  # last: nothing after this may draw random numbers
         self._restore_rank_rng(tensors, int(meta.get("world_size", 1)))  # ranks > 0: their own streams
         return self.step
+
+    def _shard_optimizer_state(
+        self, tensors: dict[str, Tensor], prefix: str, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Tensor]:
+        """FSDP: replace the saved whole optimiser moments of sharded parameters by this rank's shards."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        out = dict(tensors)
+        for key, value in tensors.items():
+            if key.startswith(prefix + "."):
+                param = params[int(key[len(prefix) + 1 :].split(".", 1)[0])]
+                if is_sharded(param) and value.shape == param.shape:  # moments, not the scalar step
+                    out[key] = self.dist.shard_like(value, param)
+        return out
 
     def _write_config(self) -> None:
         import yaml
@@ -784,8 +828,10 @@ class UniGameTrainer:
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Copies of every trainable tensor (LoRA and perturber) keyed by name."""
-        state = {
-            f"lora.{n}": p.detach().clone() for n, p in self.peft_model.named_parameters() if p.requires_grad
+        state = {  # FSDP: gathered whole (a collective: every rank must call it)
+            f"lora.{n}": self.dist.full_tensor(p.detach()).clone()
+            for n, p in self.peft_model.named_parameters()
+            if p.requires_grad
         }
         if self.cfg.game.enabled:
             state.update(
