@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from unigame.models.sequences import CAPTION_QUESTION, answer_ce, cache_argument, greedy_ids, pack
+from unigame.models.sequences import (
+    CAPTION_QUESTION,
+    answer_ce,
+    cache_argument,
+    greedy_ids,
+    guided_sample,
+    pack,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Emu3ForConditionalGeneration, PreTrainedTokenizerBase
@@ -411,12 +418,7 @@ class Emu3Adapter:
                 **{cache_argument(self.model.model.text_model): cache},
             ).last_hidden_state
             logits = self._image_logits(hidden[:, -1])  # (2B, K)
-            logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])
-            if temperature <= 0:
-                next_codes = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                next_codes = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            next_codes = guided_sample(logits, guidance, temperature, generator)  # (B,)
             codes[:, step] = next_codes
             embeds = embed(code_ids[torch.cat([next_codes, next_codes])][:, None])  # (2B, 1, D)
             if embedding_hook is not None:

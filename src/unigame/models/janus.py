@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from unigame.models.sequences import CAPTION_QUESTION, answer_ce, cache_argument, greedy_ids, pack
+from unigame.models.sequences import (
+    CAPTION_QUESTION,
+    answer_ce,
+    cache_argument,
+    greedy_ids,
+    guided_sample,
+    pack,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
@@ -281,12 +288,7 @@ class JanusAdapter:
                 **{cache_argument(lm): cache},
             ).last_hidden_state
             logits = self.model.model.generation_head(hidden[:, -1]).float()  # (2B, K)
-            logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])
-            if temperature <= 0:
-                next_codes = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                next_codes = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            next_codes = guided_sample(logits, guidance, temperature, generator)  # (B,)
             codes[:, step] = next_codes
             embeds = self.model.prepare_embeddings_for_image_generation(
                 torch.cat([next_codes, next_codes])[:, None]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["cache_argument", "CAPTION_QUESTION", "answer_ce", "greedy_ids", "pack"]
+__all__ = ["cache_argument", "guided_sample", "CAPTION_QUESTION", "answer_ce", "greedy_ids", "pack"]
 
 # The question `caption()` asks; the tiny bases are trained with it (see unigame.pretrain).
 CAPTION_QUESTION = "Describe the image."
@@ -59,6 +59,19 @@ def answer_ce(lm_head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
         0, picked.nonzero()[:, 0], token_ce
     )
     return sums / picked.sum(-1).clamp(min=1)
+
+
+def guided_sample(
+    logits: torch.Tensor, guidance: float, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One classifier-free-guided draw: logits (2B, K) stack the conditional rows over the
+    unconditional ones; returns (B,) ids, greedy when `temperature` <= 0."""
+    batch = logits.shape[0] // 2
+    logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])  # (B, K)
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def cache_argument(lm: torch.nn.Module) -> str:
