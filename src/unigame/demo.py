@@ -9,7 +9,6 @@ about a minute; its numbers mean nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -18,48 +17,38 @@ from pathlib import Path
 from typing import Any
 
 from unigame.pretrain.base import BaseConfig, BaseTraining
-from unigame.reproduce import BASELINE, FULL, SFT, default_workers, plan_jobs, run_jobs
+from unigame.reproduce import BASELINE, FULL, SFT, default_workers, metric_percent, plan_jobs, run_jobs
 
 __all__ = ["QUICK_BASE", "demo_table", "run_demo"]
 
 QUICK_BASE = BaseTraining(vq_steps=30, janus_steps=30, clip_steps=30, batch_size=16)
 QUICK_STEPS = 10
 
-# (label, metrics.json key, higher is better)
-DEMO_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("clean VQA", "clean_vqa.accuracy", True),
-    ("POPE F1 (3 splits)", "pope.mean_f1", True),
-    ("NaturalBench-style accuracy", "naturalbench.accuracy", True),
-    ("NaturalBench-style G-Acc", "naturalbench.g_acc", True),
-    ("adversarial split", "adversarial_split.accuracy", True),
-    ("PGD 4/255", "pgd.eps_4.accuracy", True),
-    ("PGD 8/255", "pgd.eps_8.accuracy", True),
-    ("UnifiedBench (cosine)", "unifiedbench.score", True),
-    ("Nonunified (lower is better)", "nonunified.score", False),
-    ("Consistency score", "consistency.score", True),
-    ("GenEval-style (strict)", "geneval.strict.overall", True),
+# (label, metrics.json key)
+DEMO_METRICS: tuple[tuple[str, str], ...] = (
+    ("clean VQA", "clean_vqa.accuracy"),
+    ("POPE F1 (3 splits)", "pope.mean_f1"),
+    ("NaturalBench-style accuracy", "naturalbench.accuracy"),
+    ("NaturalBench-style G-Acc", "naturalbench.g_acc"),
+    ("adversarial split", "adversarial_split.accuracy"),
+    ("PGD 4/255", "pgd.eps_4.accuracy"),
+    ("PGD 8/255", "pgd.eps_8.accuracy"),
+    ("UnifiedBench (cosine)", "unifiedbench.score"),
+    ("Nonunified (lower is better)", "nonunified.score"),
+    ("Consistency score", "consistency.score"),
+    ("GenEval-style (strict)", "geneval.strict.overall"),
 )
-
-
-def _value(metrics: Mapping[str, Any], key: str) -> float:
-    value: Any = metrics
-    for part in key.split("."):
-        value = value[part]
-    return 100 * float(value)
 
 
 def demo_table(evals: Mapping[str, str | Path]) -> str:
     """Markdown: one column per evaluated model (base, SFT, UniGame), then UniGame − SFT."""
-    metrics = {
-        name: json.loads((Path(d) / "metrics.json").read_text())["metrics"] for name, d in evals.items()
-    }
-    names = list(metrics)
+    names = list(evals)
     lines = [
         "| metric (%) | " + " | ".join(names) + " | UniGame − SFT |",
         "|---|" + "---|" * (len(names) + 1),
     ]
-    for label, key, _ in DEMO_METRICS:
-        values = {n: _value(metrics[n], key) for n in names}
+    for label, key in DEMO_METRICS:
+        values = {n: metric_percent(evals[n], key) for n in names}
         delta = values["UniGame"] - values["SFT"]
         lines.append(f"| {label} | " + " | ".join(f"{values[n]:.1f}" for n in names) + f" | {delta:+.1f} |")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from unigame.game.config import TrainConfig
 
 __all__ = [
     "COLUMNS",
+    "metric_percent",
     "GridError",
     "Job",
     "Row",
@@ -286,11 +287,12 @@ def run_jobs(
     return sorted(results, key=lambda r: order[(r["row"], r["seed"])])
 
 
-def _metric(eval_dir: str | Path, key: str) -> float:
-    value: Any = json.loads((Path(eval_dir) / "metrics.json").read_text())["metrics"]
-    for part in key.split("."):
-        value = value[part]
-    return float(value)
+def metric_percent(eval_dir: str | Path, key: str) -> float:
+    """`key` (e.g. `naturalbench.g_acc`) of an evaluation folder's metrics.json, x100."""
+    from unigame.eval.report import flatten_metrics
+
+    metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())["metrics"]
+    return 100 * flatten_metrics(metrics)[key]
 
 
 def summarize(
@@ -302,7 +304,7 @@ def summarize(
         runs = [r for r in results if r["row"] == row.name]
         cells = {}
         for label, key in columns:
-            values = [100 * _metric(r["eval_dir"], key) for r in runs]
+            values = [metric_percent(r["eval_dir"], key) for r in runs]
             std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             cells[label] = {"mean": float(np.mean(values)), "std": std, "values": values}
         wall = sum(r["train_s"] + r["eval_s"] for r in runs)
@@ -405,7 +407,7 @@ def reproduce(
     base_recipe.validate()
     from unigame.game.loading import resolve_model_path
 
-    model_path = resolve_model_path(base_recipe.model if model is None else _with_path(base_recipe, model))
+    model_path = Path(model).expanduser() if model is not None else resolve_model_path(base_recipe.model)
     out = Path(output or f"runs/reproduce-table{table}-{split}")
     workers = workers or default_workers(threads)
     seed_list = list(range(first_seed, first_seed + seeds))
@@ -456,11 +458,6 @@ def reproduce(
     console.print("\n" + text)
     console.print(f"\nWrote {out / f'table-{table}.md'} and table-{table}.json ({wall / 60:.1f} min)")
     return record
-
-
-def _with_path(recipe: TrainConfig, model: str) -> Any:
-    cfg = apply_overrides(recipe, {"model.path": model})
-    return cfg.model
 
 
 def results_markdown(record: Mapping[str, Any], table: str) -> str:
