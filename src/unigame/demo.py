@@ -21,7 +21,7 @@ from unigame.reproduce import BASELINE, FULL, SFT, default_workers, metric_perce
 
 __all__ = ["QUICK_BASE", "demo_table", "run_demo"]
 
-QUICK_BASE = BaseTraining(vq_steps=30, janus_steps=30, clip_steps=30, batch_size=16)
+QUICK_BASE = BaseTraining(vq_steps=30, vision_steps=30, janus_steps=30, clip_steps=30, batch_size=16)
 QUICK_STEPS = 10
 
 # (label, metrics.json key)

@@ -11,7 +11,7 @@ from unigame.pretrain.base import MANIFEST, BaseConfig, BaseTraining, build_base
 
 MICRO = BaseConfig(
     model=TinyJanusConfig(vision_hidden=32, vision_heads=2, text_hidden=32, text_heads=2, text_layers=1),
-    training=BaseTraining(vq_steps=2, janus_steps=2, clip_steps=2, batch_size=4),
+    training=BaseTraining(vq_steps=2, vision_steps=2, janus_steps=2, clip_steps=2, batch_size=4),
     eval_items=8,
 )
 
@@ -46,6 +46,14 @@ def test_cached_base_is_reused_not_rebuilt(micro_base):
     stamp = (micro_base / "model.safetensors").stat().st_mtime_ns
     assert build_base(MICRO, output=micro_base, progress=False) == micro_base
     assert (micro_base / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_same_recipe_and_threads_give_the_same_bytes(micro_base, tmp_path):
+    again = build_base(MICRO, output=tmp_path / "again", progress=False)
+    for name in ("model.safetensors", "clip/model.safetensors"):
+        assert (again / name).read_bytes() == (micro_base / name).read_bytes(), name
+    first, second = (json.loads((p / MANIFEST).read_text()) for p in (micro_base, again))
+    assert first["evaluation"] == second["evaluation"]
 
 
 def test_fingerprint_tracks_weights_not_eval_size():

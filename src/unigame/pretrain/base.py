@@ -1,7 +1,8 @@
 """`unigame base`: build the embedded default model (tiny Janus + tiny CLIP) and cache it.
 
 Order matters: the tokenizer fixes the vocabulary the model is built with; the VQ must be trained
-before the text-to-image branch, which learns to predict its codes; the CLIP scorer is independent.
+before the text-to-image branch, which learns to predict its codes; the vision encoder must be
+pretrained before the language model learns to read it; the CLIP scorer is independent.
 The result is a directory loadable offline with `from_pretrained`:
 
     <output>/config.json, model.safetensors, tokenizer*   the tiny Janus (JanusForConditionalGeneration)
@@ -27,34 +28,51 @@ MANIFEST = "unigame_base.json"
 
 @dataclass
 class BaseTraining:
-    """Steps and learning rates of the three pretraining stages.
+    """Steps and learning rates of the pretraining stages (VQ, vision encoder, joint, CLIP).
 
     Args:
-        vq_steps: VQ autoencoder steps (stage 1).
-        janus_steps: joint understanding + text-to-image steps (stage 2).
+        vq_steps: VQ autoencoder steps.
+        vision_steps: vision-encoder pretraining steps on per-patch object labels, batch 64
+            (0 skips the stage, as bases built before it existed did).
+        janus_steps: joint understanding + text-to-image steps.
         clip_steps: tiny CLIP contrastive steps (batch 64).
-        batch_size: images per step of the VQ and the joint stage.
+        batch_size: images per step of the joint stage.
+        vq_batch_size: images per VQ step (many small steps reconstruct shapes far better than
+            fewer large ones for the same compute).
         vq_lr: Adam learning rate of the VQ.
-        janus_lr: AdamW peak learning rate of stage 2 (warm-up then cosine decay).
+        vq_reseed_fraction: share of the VQ steps during which dead codes are re-seeded at a
+            constant learning rate; the rest decays it to zero (1.0: re-seed throughout, no decay).
+        vision_lr: AdamW peak learning rate of the vision pretraining (cosine decay).
+        janus_lr: AdamW peak learning rate of the joint stage (warm-up then cosine decay).
         caption_fraction: fraction of understanding items that ask for the whole-scene caption.
+        freeze_vision: keep the pretrained vision encoder frozen in the joint stage (only when
+            `vision_steps` > 0).
     """
 
-    vq_steps: int = 500
-    janus_steps: int = 1100
+    vq_steps: int = 1000
+    vision_steps: int = 1500
+    janus_steps: int = 2200
     clip_steps: int = 600
-    batch_size: int = 32
+    batch_size: int = 16
+    vq_batch_size: int = 16
     vq_lr: float = 3e-3
-    janus_lr: float = 1e-3
-    caption_fraction: float = 0.25
+    vq_reseed_fraction: float = 0.6
+    vision_lr: float = 2e-3
+    janus_lr: float = 5e-4
+    caption_fraction: float = 0.1
+    freeze_vision: bool = True
 
     def validate(self) -> list[str]:
         errors = [
             f"training.{k}={v} must be >= 1"
             for k, v in asdict(self).items()
-            if k.endswith("_steps") and v < 1
+            if k.endswith("_steps") and v < (0 if k == "vision_steps" else 1)
         ]
-        if self.batch_size < 1:
-            errors.append(f"training.batch_size={self.batch_size} must be >= 1")
+        for key in ("batch_size", "vq_batch_size"):
+            if getattr(self, key) < 1:
+                errors.append(f"training.{key}={getattr(self, key)} must be >= 1")
+        if not 0.0 <= self.vq_reseed_fraction <= 1.0:
+            errors.append(f"training.vq_reseed_fraction={self.vq_reseed_fraction} must be in [0, 1]")
         if not 0.0 <= self.caption_fraction <= 1.0:
             errors.append(f"training.caption_fraction={self.caption_fraction} must be in [0, 1]")
         return errors
@@ -141,6 +159,7 @@ def build_base(
     from unigame.models.tiny_janus import build_tiny_janus
     from unigame.pretrain.clip import save_tiny_clip, train_tiny_clip
     from unigame.pretrain.janus import train_janus
+    from unigame.pretrain.vision import train_vision
     from unigame.pretrain.vq import train_vq
 
     timings: dict[str, float] = {}
@@ -155,12 +174,28 @@ def build_base(
         adapter,
         config.shapes,
         config.training.vq_steps,
-        config.training.batch_size,
+        config.training.vq_batch_size,
         config.training.vq_lr,
         config.seed,
         progress,
+        reseed_fraction=config.training.vq_reseed_fraction,
     )
     timings["vq_s"] = time.perf_counter() - stage
+
+    stage = time.perf_counter()
+    vision_stats = (
+        train_vision(
+            adapter,
+            config.shapes,
+            config.training.vision_steps,
+            lr=config.training.vision_lr,
+            seed=config.seed,
+            progress=progress,
+        )
+        if config.training.vision_steps
+        else {}
+    )
+    timings["vision_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
     janus_stats = train_janus(
@@ -170,6 +205,7 @@ def build_base(
         config.training.batch_size,
         config.training.janus_lr,
         config.training.caption_fraction,
+        freeze_vision=config.training.freeze_vision and config.training.vision_steps > 0,
         seed=config.seed,
         progress=progress,
     )
@@ -202,7 +238,7 @@ def build_base(
         "config": asdict(config),
         "fingerprint": config.fingerprint(),
         "timings": timings,
-        "final_losses": {"vq": vq_stats, "janus": janus_stats},
+        "final_losses": {"vq": vq_stats, "vision": vision_stats, "janus": janus_stats},
         "evaluation": evaluation,
         "torch_threads": torch.get_num_threads(),
     }

@@ -1,10 +1,9 @@
-"""Stage 2 of the base: train the tiny Janus's understanding and text-to-image branches jointly.
+"""The base's joint stage: train the tiny Janus's understanding and text-to-image branches together.
 
-Understanding sees ShapesWorld VQA plus whole-scene descriptions (the caption question): a caption
-names every object, so it gives dense supervision that teaches the model to bind words to image
-regions much faster than one-word answers alone. Text-to-image learns the VQ codes of the same
-scenes from their captions, with 10% of prompts dropped for classifier-free guidance.
-The VQ stays frozen (stage 1 trained it).
+Understanding sees ShapesWorld VQA plus a few whole-scene descriptions (the caption question), so
+the model can also caption; more captions cost question accuracy at a fixed budget. Text-to-image
+learns the VQ codes of the same scenes from their captions, with 10% of prompts dropped for
+classifier-free guidance. The VQ stays frozen, and so does a pretrained vision encoder.
 """
 
 from __future__ import annotations
@@ -46,12 +45,16 @@ def train_janus(
     lr: float = 1e-3,
     caption_fraction: float = 0.25,
     generation_weight: float = 1.0,
+    freeze_vision: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
     """Joint understanding + generation training with warm-up and cosine decay."""
     model = adapter.model
     model.model.vqmodel.requires_grad_(False)
+    # A pretrained vision encoder stays frozen here, as Janus keeps its SigLIP frozen while the
+    # language model learns to read it; training it through the answer loss erases what it learnt.
+    model.model.vision_model.requires_grad_(not freeze_vision)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
@@ -63,6 +66,8 @@ def train_janus(
     torch.manual_seed(seed)
     model.train()
     model.model.vqmodel.eval()
+    if freeze_vision:
+        model.model.vision_model.eval()
     stats: dict[str, float] = {}
     bar = tqdm(range(steps), desc="base: understanding + generation", disable=not progress)
     for step in bar:
@@ -70,7 +75,11 @@ def train_janus(
             rng, config, batch_size, caption_fraction
         )
         und_loss = adapter.understanding_loss(pixels, questions, answers).mean()
-        gen_loss = adapter.generation_loss(pixels, captions, drop_prompt=0.1).mean()
+        gen_loss = (
+            adapter.generation_loss(pixels, captions, drop_prompt=0.1).mean()
+            if generation_weight
+            else torch.zeros(())
+        )
         loss = und_loss + generation_weight * gen_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,4 +90,5 @@ def train_janus(
         if step % 10 == 0:
             bar.set_postfix(und=f"{stats['understanding_ce']:.3f}", gen=f"{stats['generation_ce']:.3f}")
     model.eval()
+    model.model.vision_model.requires_grad_(True)
     return stats
