@@ -23,6 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with metrics.csv)")
     parser.add_argument("--from-step", type=int, default=150, help="first step of the window")
     args = parser.parse_args(argv)
+    missing = [str(run) for run in args.runs if not (run / "metrics.csv").is_file()]
+    if missing:
+        parser.error(
+            "no metrics.csv in "
+            + ", ".join(missing)
+            + " (a `unigame reproduce` run keeps it in <row>/seed-N/run)"
+        )
     print("| run | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS))
     for run in args.runs:
         metrics = read_metrics(run / "metrics.csv")

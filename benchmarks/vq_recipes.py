@@ -3,7 +3,8 @@
 Trains the tiny Janus's VQ alone (stage 2 of `unigame base`) once per recipe, then judges the
 reconstructions of 256 one-object and 256 four-object scenes (`judge_scene`, position tolerance 0.1,
 size included) and counts the distinct codes at the top-left token (background in almost every
-scene): a VQ whose background codes vary is harder for the text-to-image branch to predict.
+scene) and the entropy of all codes used: a VQ whose background codes vary is harder for the
+text-to-image branch to predict.
 
     python benchmarks/vq_recipes.py --recipes 500x32:1.0 1000x16:1.0 500x32:0.6 1000x16:0.6
 
@@ -41,8 +42,11 @@ def judge_reconstructions(adapter, objects: int, n: int, rng: np.random.Generato
         images = adapter.decode_codes(codes)
     images = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     judged = [judge_scene(im, s, config, pos_tol=0.1).all_correct for im, s in zip(images, scenes)]
+    counts = torch.bincount(codes.flatten()).float()
+    share = counts[counts > 0] / counts.sum()
     return {
         "judged_correct": float(np.mean(judged)),
+        "code_entropy": float(-(share * share.log()).sum()),
         "corner_codes": len(set(codes[:, 0].tolist())),
         "pixel_mae": float(
             (torch.from_numpy(images).float() / 255 - pixels.permute(0, 2, 3, 1)).abs().mean()
@@ -69,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     shapes, model_config = ShapesConfig(), TinyJanusConfig()
     tokenizer = train_text_tokenizer(corpus_texts(4000, args.seed, shapes), model_config.vocab_size)
     print(
-        "| recipe | train s | 1 object judged | 4 objects judged | corner codes (1 / 4 objects) | pixel MAE (1 / 4) |"
+        "| recipe | train s | 1 object judged | 4 objects judged | corner codes (1 / 4 objects) "
+        "| code entropy, nats (1 / 4) | pixel MAE (1 / 4) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for steps, batch, fraction in args.recipes:
         adapter = JanusAdapter(build_tiny_janus(model_config, seed=args.seed), tokenizer)
         start = time.perf_counter()
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {steps} x {batch}, re-seed {fraction:g} | {seconds:.0f} | {one['judged_correct']:.1%} | "
             f"{four['judged_correct']:.1%} | {one['corner_codes']} / {four['corner_codes']} | "
+            f"{one['code_entropy']:.2f} / {four['code_entropy']:.2f} | "
             f"{one['pixel_mae']:.4f} / {four['pixel_mae']:.4f} |",
             flush=True,
         )

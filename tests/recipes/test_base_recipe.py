@@ -93,3 +93,15 @@ def test_help_renders(command, capsys):
         main([*command, "--help"])
     assert exit_info.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_earlier_recipe_config_names_only_real_keys():
+    from pathlib import Path
+
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "configs/base/tiny_janus_v1.yaml").read_text())
+    config = BaseConfig(seed=recipe["seed"], training=BaseTraining(**recipe["training"]))
+    config.validate()
+    assert config.training.vision_steps == 0 and config.training.vq_reseed_fraction == 1.0
+    assert config.fingerprint() != BaseConfig().fingerprint()
