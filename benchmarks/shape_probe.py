@@ -1,7 +1,7 @@
 """Does the understanding branch's vision encoder know shapes? A linear probe on its tokens.
 
 Fits a linear classifier (Adam, 300 steps, small L2) for the shape of a lone object on 3000 scenes
-and reports its accuracy on 500 more, from three inputs: the aligned visual tokens the language
+and reports its accuracy on 500 more (by default), from three inputs: the aligned visual tokens the language
 model reads, the vision encoder's own output, and raw pixels (the floor: position varies, so pixels
 are not linearly separable by shape). Chance is 1/3.
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a tiny Janus base directory (`unigame base`)")
+    parser.add_argument("--scenes", type=int, nargs=2, default=[3000, 500], metavar=("TRAIN", "TEST"))
+    parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -44,9 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         inputs = {"aligned visual tokens": aligned, "vision encoder output": encoder, "pixels": pixels}
         return {k: v.flatten(1) for k, v in inputs.items()}, labels
 
-    train, train_labels = features(3000)
-    test, test_labels = features(500)
-    print("| input | shape accuracy (linear probe, 500 test scenes) |")
+    train, train_labels = features(args.scenes[0])
+    test, test_labels = features(args.scenes[1])
+    print(f"| input | shape accuracy (linear probe, {args.scenes[1]} test scenes) |")
     print("|---|---|")
     for name in train:
         x = train[name]
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         weight = torch.zeros(x.shape[1], len(ALL_SHAPES), requires_grad=True)
         bias = torch.zeros(len(ALL_SHAPES), requires_grad=True)
         optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
-        for _ in range(300):
+        for _ in range(args.probe_steps):
             logits = ((x - mean) / std) @ weight + bias
             loss = F.cross_entropy(logits, train_labels) + 1e-3 * weight.square().sum()
             optimizer.zero_grad()
