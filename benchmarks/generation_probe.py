@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     model.train()
     start, losses = time.perf_counter(), []
-    for _ in range(args.steps):
+    for _ in tqdm(range(args.steps), desc="generation steps"):
         scenes = [sample_scene(rng, train_config) for _ in range(args.batch)]
         pixels = images_to_pixels([render(s, train_config) for s in scenes])
         loss = adapter.generation_loss(pixels, [caption(s) for s in scenes], drop_prompt=0.1).mean()

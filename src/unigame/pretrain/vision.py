@@ -2,8 +2,9 @@
 
 Janus-Pro's understanding encoder is a SigLIP that was pretrained long before Janus saw it; a tiny
 Janus trained from scratch has no such encoder, and its ViT then learns shapes only through the
-language model's answer loss, which is slow: after the whole joint stage a linear probe still reads
-a lone object's shape from its visual tokens barely above chance. This stage gives the encoder the
+language model's answer loss, which is slow: after the whole joint stage a linear probe reads a
+lone object's shape from its visual tokens no better than from raw pixels
+(`benchmarks/shape_probe.py`). This stage gives the encoder the
 same head start a pretrained SigLIP gives: dense supervision from the scene generator, where each
 patch predicts the object whose centre falls in it (shape x colour x size, or none), through a
 linear head that is thrown away afterwards.
