@@ -12,7 +12,6 @@ check's generation metric, 100 prompts).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     from unigame.data.shapes import ShapesConfig, caption, render, sample_scene
     from unigame.eval.base_eval import generation_report
     from unigame.models.janus import JanusAdapter
+    from unigame.pretrain.schedule import cosine_decay
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a tiny Janus base directory (`unigame base`)")
@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     model.model.aligner.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_decay(s, args.steps))
     train_config = ShapesConfig(min_objects=args.objects[0], max_objects=args.objects[1])
     rng = np.random.default_rng(args.seed)
     model.train()

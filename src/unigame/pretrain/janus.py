@@ -8,8 +8,6 @@ classifier-free guidance. The VQ stays frozen, and so does a pretrained vision e
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +15,7 @@ from tqdm.auto import tqdm
 from unigame.data.pixels import images_to_pixels
 from unigame.data.shapes import ShapesConfig, caption, render, sample_vqa
 from unigame.models.janus import CAPTION_QUESTION, JanusAdapter
+from unigame.pretrain.schedule import cosine_decay
 
 
 def sample_understanding_batch(
@@ -60,7 +59,7 @@ def train_janus(
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+        lambda s: min(1.0, (s + 1) / warmup) * cosine_decay(s, steps),
     )
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -12,8 +12,6 @@ linear head that is thrown away afterwards.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,6 +20,7 @@ from tqdm.auto import tqdm
 from unigame.data.pixels import images_to_pixels
 from unigame.data.shapes import ALL_SHAPES, ALL_SIZES, PALETTE, Scene, ShapesConfig, render, sample_scene
 from unigame.models.janus import JanusAdapter
+from unigame.pretrain.schedule import cosine_decay
 
 _COLOURS = tuple(PALETTE)
 NUM_PATCH_CLASSES = 1 + len(ALL_SHAPES) * len(_COLOURS) * len(ALL_SIZES)  # 0 = no object centre
@@ -63,9 +62,7 @@ def train_vision(
     torch.nn.init.zeros_(head.bias)
     params = list(vision.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_decay(s, steps))
     rng = np.random.default_rng(seed)
     vision.train()
     stats: dict[str, float] = {}

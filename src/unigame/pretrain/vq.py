@@ -9,8 +9,6 @@ steps reconstruct shapes far better than fewer large batches for the same comput
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,6 +18,7 @@ from unigame.data.pixels import images_to_pixels
 from unigame.data.shapes import ShapesConfig, render, sample_scene
 from unigame.data.shifts import SHIFT_NAMES, apply_shift
 from unigame.models.janus import JanusAdapter
+from unigame.pretrain.schedule import cosine_decay
 
 RESEED_FRACTION = 0.6  # of the steps; the rest only refine
 
@@ -33,10 +32,7 @@ def reseed_until(steps: int, fraction: float = RESEED_FRACTION) -> int:
 def lr_factor(step: int, steps: int, fraction: float = RESEED_FRACTION) -> float:
     """Constant while codes are re-seeded, then cosine decay to zero to sharpen shape edges
     (fraction 1.0: constant throughout, the recipe of bases built before the decay existed)."""
-    start = reseed_until(steps, fraction)
-    if step < start:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * min(step - start, steps - start) / max(1, steps - start)))
+    return cosine_decay(step, steps, start=reseed_until(steps, fraction))
 
 
 def sample_images(
