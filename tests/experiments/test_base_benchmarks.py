@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -60,4 +61,37 @@ def test_understanding_probe_reports_accuracy(capsys):
 
 def test_generation_probe_reports_before_and_after(micro_base, capsys):
     _script("generation_probe").main(["--model", str(micro_base), "--steps", "2", "--batch", "4"])
-    assert "before," in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "before," in out and "clean VQA" in out
+
+
+def test_generation_probe_on_generation_modules_leaves_understanding_alone(micro_base, capsys):
+    _script("generation_probe").main(
+        [
+            "--model",
+            str(micro_base),
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--lr",
+            "1e-1",
+            "--train",
+            "generation-modules",
+        ]
+    )
+    before, after = re.search(r"clean VQA (\S+) before, (\S+) after", capsys.readouterr().out).groups()
+    assert before == after
+
+
+def test_joint_probe_reports_both_branches_and_saves(micro_base, tmp_path, capsys):
+    from unigame.models.janus import JanusAdapter
+
+    saved = tmp_path / "continued"
+    _script("joint_probe").main(
+        ["--model", str(micro_base), "--steps", "2", "--batch", "4", "--generation-lr", "1e-2"]
+        + ["--generation-max-objects", "1", "--save", str(saved)]
+    )
+    out = capsys.readouterr().out
+    assert "clean VQA" in out and "single-object generations judged correct" in out
+    assert JanusAdapter.from_pretrained(saved).num_image_tokens == 64

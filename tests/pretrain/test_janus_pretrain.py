@@ -45,3 +45,34 @@ def test_short_run_lowers_both_losses(tokenizer) -> None:
     last = train_janus(adapter, ShapesConfig(), steps=40, batch_size=16, lr=3e-3, seed=1, progress=False)
     assert last["understanding_ce"] < first["understanding_ce"]
     assert last["generation_ce"] < first["generation_ce"]
+
+
+def test_generation_lr_drives_only_the_generation_modules(tokenizer) -> None:
+    adapter = JanusAdapter(build_tiny_janus(MICRO), tokenizer)
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    train_janus(adapter, ShapesConfig(), steps=3, batch_size=4, lr=1e-30, generation_lr=1e-2, progress=False)
+    for prefix in ("model.generation_embeddings.", "model.generation_aligner.", "model.generation_head."):
+        assert _changed(adapter, before, prefix), prefix
+    # the shared model keeps the (here negligible) joint learning rate
+    drift = max(
+        (p - before[n]).abs().max().item()
+        for n, p in adapter.model.named_parameters()
+        if n.startswith("model.language_model.")
+    )
+    assert drift < 1e-6
+
+
+def test_generation_scenes_drawn_with_at_most_the_given_objects(tokenizer, monkeypatch) -> None:
+    adapter = JanusAdapter(build_tiny_janus(MICRO), tokenizer)
+    prompts: list[str] = []
+    real_loss = adapter.generation_loss
+
+    def recording_loss(pixels, captions, drop_prompt=0.0):
+        prompts.extend(captions)
+        return real_loss(pixels, captions, drop_prompt)
+
+    monkeypatch.setattr(adapter, "generation_loss", recording_loss)
+    train_janus(adapter, ShapesConfig(), steps=4, batch_size=8, generation_max_objects=1, progress=False)
+    assert len(prompts) == 32
+    # a single-object caption names one shape and no relation
+    assert all(sum(p.count(s) for s in ("circle", "square", "triangle")) == 1 for p in prompts)

@@ -65,12 +65,40 @@ def test_fingerprint_tracks_weights_not_eval_size():
 
 
 @pytest.mark.parametrize(
+    "change",
+    [
+        {"generation_lr": 1e-2},
+        {"generation_max_objects": 2},
+        {"generation_weight": 2.0},
+        {"vision_steps": 10},
+        {"vq_reseed_fraction": 0.5},
+        {"vq_batch_size": 8},
+    ],
+)
+def test_options_left_out_of_the_fingerprint_count_once_they_change_the_recipe(change):
+    from dataclasses import replace
+
+    earlier = BaseTraining(
+        vq_batch_size=32, batch_size=32, vq_reseed_fraction=1.0, vision_steps=0,
+        generation_lr=None, generation_max_objects=None, generation_weight=1.0,
+    )  # fmt: skip
+    assert (
+        BaseConfig(training=earlier).fingerprint()
+        != BaseConfig(training=replace(earlier, **change)).fingerprint()
+    )
+
+
+@pytest.mark.parametrize(
     "override, message",
     [
         (["--cfg.shapes.max_objects", "0"], "max_objects=0"),
         (["--cfg.shapes.colours", "[red, pink]"], "pink"),
         (["--cfg.model.image_size", "48"], "image_size=48"),
         (["--cfg.training.janus_steps", "0"], "janus_steps=0"),
+        (["--cfg.training.generation_max_objects", "5"], "generation_max_objects=5"),
+        (["--cfg.training.generation_max_objects", "0"], "generation_max_objects=0"),
+        (["--cfg.training.generation_lr", "0"], "generation_lr=0"),
+        (["--cfg.training.generation_weight", "-1"], "generation_weight=-1"),
     ],
 )
 def test_bad_config_stops_before_any_work(override, message, tmp_path, capsys):
@@ -95,13 +123,34 @@ def test_help_renders(command, capsys):
     assert "usage" in capsys.readouterr().out
 
 
-def test_earlier_recipe_config_names_only_real_keys():
+def _recipe(name: str) -> BaseConfig:
     from pathlib import Path
 
     import yaml
 
-    recipe = yaml.safe_load((Path(__file__).parents[2] / "configs/base/tiny_janus_v1.yaml").read_text())
+    recipe = yaml.safe_load((Path(__file__).parents[2] / f"configs/base/{name}.yaml").read_text())
     config = BaseConfig(seed=recipe["seed"], training=BaseTraining(**recipe["training"]))
     config.validate()
-    assert config.training.vision_steps == 0 and config.training.vq_reseed_fraction == 1.0
-    assert config.fingerprint() != BaseConfig().fingerprint()
+    return config
+
+
+def test_published_bases_keep_their_cache_paths():
+    """Options added since leave the cache directories the docs name where they were."""
+    earlier = _recipe("tiny_janus_v1")
+    assert earlier.training.vision_steps == 0 and earlier.training.vq_reseed_fraction == 1.0
+    assert earlier.fingerprint() == "046d8121478f"
+    assert BaseConfig().fingerprint() == "aae51f218028"  # the default base of docs/results/main_table.md
+
+
+def test_long_recipe_differs_from_the_default_only_in_the_joint_stage():
+    from dataclasses import asdict
+
+    long, default = asdict(_recipe("tiny_janus_long").training), asdict(BaseTraining())
+    changed = {k for k in default if long[k] != default[k]}
+    assert changed == {
+        "janus_steps",
+        "janus_lr",
+        "generation_lr",
+        "generation_max_objects",
+        "generation_weight",
+    }

@@ -45,6 +45,14 @@ class BaseTraining:
         vision_lr: AdamW peak learning rate of the vision pretraining (cosine decay).
         janus_lr: AdamW peak learning rate of the joint stage (warm-up then cosine decay).
         caption_fraction: fraction of understanding items that ask for the whole-scene caption.
+        generation_lr: peak learning rate of the generation-only modules (image-token embeddings,
+            their aligner, the generation head) in the joint stage; None: `janus_lr`. These
+            modules start from scratch and learn far too slowly at the shared model's rate.
+        generation_max_objects: draw the joint stage's text-to-image scenes separately with at
+            most this many objects (None: reuse the understanding scenes, 1 to
+            `shapes.max_objects`). Fewer objects per scene teach the branch to draw one object
+            well sooner.
+        generation_weight: weight of the text-to-image loss against the understanding loss.
         freeze_vision: keep the pretrained vision encoder frozen in the joint stage (only when
             `vision_steps` > 0).
     """
@@ -61,6 +69,9 @@ class BaseTraining:
     janus_lr: float = 5e-4
     caption_fraction: float = 0.1
     freeze_vision: bool = True
+    generation_lr: float | None = None
+    generation_max_objects: int | None = None
+    generation_weight: float = 1.0
 
     def validate(self) -> list[str]:
         errors = [
@@ -75,6 +86,10 @@ class BaseTraining:
             errors.append(f"training.vq_reseed_fraction={self.vq_reseed_fraction} must be in [0, 1]")
         if not 0.0 <= self.caption_fraction <= 1.0:
             errors.append(f"training.caption_fraction={self.caption_fraction} must be in [0, 1]")
+        for key in ("vq_lr", "vision_lr", "janus_lr", "generation_lr", "generation_weight"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                errors.append(f"training.{key}={value} must be > 0")
         return errors
 
 
@@ -105,6 +120,12 @@ class BaseConfig:
                 f"shapes.image_size={self.shapes.image_size} differs from model.image_size={self.model.image_size}: "
                 "set both to the same value (32 or 64)"
             )
+        most = self.training.generation_max_objects
+        if most is not None and not 1 <= most <= self.shapes.max_objects:
+            errors.append(
+                f"training.generation_max_objects={most} is invalid: allowed 1 to "
+                f"shapes.max_objects={self.shapes.max_objects}, or null to reuse the understanding scenes"
+            )
         if self.eval_items < 2:
             errors.append(f"eval_items={self.eval_items} must be >= 2")
         try:
@@ -115,9 +136,40 @@ class BaseConfig:
             raise ValueError("Invalid base config:\n  - " + "\n  - ".join(errors))
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the weights (not eval size or threads)."""
+        """Hash of everything that changes the weights (not eval size or threads).
+
+        Training options added after a recipe was published are left out while they hold the
+        value that reproduces the earlier behaviour, so a base built before they existed keeps
+        its cache path.
+        """
         payload = {k: v for k, v in asdict(self).items() if k not in ("eval_items", "threads")}
+        training = payload["training"]
+        for key in keys_added_later(training):
+            del training[key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def keys_added_later(training: dict[str, Any]) -> list[str]:
+    """Training options added after earlier bases were published, while they reproduce those bases.
+
+    Left out of the fingerprint, so a base built before an option existed keeps its cache path.
+    """
+    keys = []
+    # the vision stage and the VQ's own batch and re-seed window came together
+    if (
+        training["vision_steps"] == 0
+        and training["vq_reseed_fraction"] == 1.0
+        and training["vq_batch_size"] == training["batch_size"]
+    ):
+        keys += ["vision_steps", "vision_lr", "freeze_vision", "vq_batch_size", "vq_reseed_fraction"]
+    # the text-to-image branch's own learning rate, scenes and weight
+    if (
+        training["generation_lr"] is None
+        and training["generation_max_objects"] is None
+        and training["generation_weight"] == 1.0
+    ):
+        keys += ["generation_lr", "generation_max_objects", "generation_weight"]
+    return keys
 
 
 def default_cache_dir() -> Path:
@@ -206,6 +258,9 @@ def build_base(
         config.training.janus_lr,
         config.training.caption_fraction,
         freeze_vision=config.training.freeze_vision and config.training.vision_steps > 0,
+        generation_lr=config.training.generation_lr,
+        generation_max_objects=config.training.generation_max_objects,
+        generation_weight=config.training.generation_weight,
         seed=config.seed,
         progress=progress,
     )

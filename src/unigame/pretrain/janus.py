@@ -8,12 +8,14 @@ classifier-free guidance. The VQ stays frozen, and so does a pretrained vision e
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from unigame.data.pixels import images_to_pixels
-from unigame.data.shapes import ShapesConfig, caption, render, sample_vqa
+from unigame.data.shapes import ShapesConfig, caption, render, sample_scene, sample_vqa
 from unigame.models.janus import CAPTION_QUESTION, JanusAdapter
 from unigame.pretrain.schedule import cosine_decay
 
@@ -45,17 +47,44 @@ def train_janus(
     caption_fraction: float = 0.25,
     generation_weight: float = 1.0,
     freeze_vision: bool = False,
+    generation_lr: float | None = None,
+    generation_max_objects: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Joint understanding + generation training with warm-up and cosine decay."""
+    """Joint understanding + generation training with warm-up and cosine decay.
+
+    `generation_lr` gives the generation-only modules (image-token embeddings, their aligner and
+    the generation head) their own peak learning rate; the shared language model keeps `lr`.
+    `generation_max_objects` draws the text-to-image scenes separately, with at most that many
+    objects, instead of reusing the understanding scenes.
+    """
     model = adapter.model
     model.model.vqmodel.requires_grad_(False)
     # A pretrained vision encoder stays frozen here, as Janus keeps its SigLIP frozen while the
     # language model learns to read it; training it through the answer loss erases what it learnt.
     model.model.vision_model.requires_grad_(not freeze_vision)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    generation_modules = [
+        model.model.generation_embeddings,
+        model.model.generation_aligner,
+        model.model.generation_head,
+    ]
+    generation_ids = {id(p) for module in generation_modules for p in module.parameters()}
+    groups = [
+        {"params": [p for p in trainable if id(p) not in generation_ids], "lr": lr},
+        {"params": [p for p in trainable if id(p) in generation_ids], "lr": generation_lr or lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    generation_config = (
+        replace(
+            config,
+            min_objects=min(config.min_objects, generation_max_objects),
+            max_objects=generation_max_objects,
+        )
+        if generation_max_objects
+        else None
+    )
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -74,6 +103,10 @@ def train_janus(
             rng, config, batch_size, caption_fraction
         )
         und_loss = adapter.understanding_loss(pixels, questions, answers).mean()
+        if generation_config is not None:
+            scenes = [sample_scene(rng, generation_config) for _ in range(batch_size)]
+            pixels = images_to_pixels([render(s, generation_config) for s in scenes])
+            captions = [caption(s) for s in scenes]
         gen_loss = (
             adapter.generation_loss(pixels, captions, drop_prompt=0.1).mean()
             if generation_weight
