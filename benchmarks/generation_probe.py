@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 def main(argv: list[str] | None = None) -> None:
     from unigame.data.pixels import images_to_pixels
     from unigame.data.shapes import ShapesConfig, caption, render, sample_scene
-    from unigame.eval.base_eval import generation_report
+    from unigame.eval.base_eval import clean_vqa_report, generation_report
     from unigame.models.janus import JanusAdapter
     from unigame.pretrain.schedule import cosine_decay
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     adapter = JanusAdapter.from_pretrained(args.model)
     model = adapter.model
     before = generation_report(adapter, ShapesConfig(), 100, seed=1)["single_object"]
-    clean_before = clean_vqa(adapter)
+    clean_before = clean_vqa_report(adapter, ShapesConfig())["accuracy"]
     model.model.vqmodel.requires_grad_(False)
     model.model.vision_model.requires_grad_(False)
     model.model.aligner.requires_grad_(False)
@@ -77,23 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     seconds = time.perf_counter() - start
     after = generation_report(adapter, ShapesConfig(), 100, seed=1)["single_object"]
-    clean_after = clean_vqa(adapter)
+    clean_after = clean_vqa_report(adapter, ShapesConfig())["accuracy"]
     print(f"{vars(args)}")
     print(
         f"trained {seconds:.0f} s; generation CE over the last 50 steps {np.mean(losses[-50:]):.2f}; "
         f"single-object generations judged correct: {before:.0%} before, {after:.0%} after; "
         f"clean VQA {clean_before:.1%} before, {clean_after:.1%} after"
     )
-
-
-def clean_vqa(adapter) -> float:
-    """Clean VQA accuracy on the base check's 300 questions (seed 1): what generation training costs."""
-    from unigame.data.shapes import ShapesConfig
-    from unigame.data.splits import build_split
-    from unigame.eval.base_eval import predict, vqa_report
-
-    test = build_split("test", 300, 1, ShapesConfig())
-    return vqa_report(test, predict(adapter, test, desc="clean VQA", progress=False))["accuracy"]
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from unigame.data.shapes import ShapesConfig
-    from unigame.data.splits import build_split
-    from unigame.eval.base_eval import generation_report, predict, vqa_report
+    from unigame.eval.base_eval import clean_vqa_report, generation_report
     from unigame.models.janus import JanusAdapter
     from unigame.pretrain.janus import train_janus
 
@@ -44,10 +43,9 @@ def main(argv: list[str] | None = None) -> None:
 
     adapter = JanusAdapter.from_pretrained(args.model)
     config = ShapesConfig()
-    test = build_split("test", 300, 1, config)
 
     def report() -> tuple[float, float]:
-        clean = vqa_report(test, predict(adapter, test, desc="clean VQA", progress=False))["accuracy"]
+        clean = clean_vqa_report(adapter, config)["accuracy"]
         return clean, generation_report(adapter, config, 100, seed=1)["single_object"]
 
     clean_before, gen_before = report()

@@ -18,8 +18,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> None:
     from unigame.data.shapes import ShapesConfig, corpus_texts
-    from unigame.data.splits import build_split
-    from unigame.eval.common import predict, vqa_report
+    from unigame.eval.base_eval import clean_vqa_report
     from unigame.models.janus import JanusAdapter
     from unigame.models.text_tokenizer import train_text_tokenizer
     from unigame.models.tiny_janus import TinyJanusConfig, build_tiny_janus
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         progress=False,
     )
     seconds = time.perf_counter() - start
-    test = build_split("test", 300, 1, shapes)
-    report = vqa_report(test, predict(adapter, test, progress=False))
+    report = clean_vqa_report(adapter, shapes)
     kinds = ", ".join(f"{k} {v:.0%}" for k, v in sorted(report["per_kind"].items()))
     print(f"{vars(args)}\ntrained in {seconds:.0f} s; clean VQA {report['accuracy']:.1%} ({kinds})")
 

@@ -26,6 +26,7 @@ from unigame.eval.common import (
 )
 
 __all__ = [
+    "clean_vqa_report",
     "evaluate_base",
     "exact_match",
     "format_base_table",
@@ -60,13 +61,20 @@ def generation_report(
     }
 
 
+def clean_vqa_report(
+    adapter: Any, config: ShapesConfig, n: int = 300, seed: int = 1, progress: bool = False
+) -> dict[str, Any]:
+    """VQA on `n` clean test questions: the base check's understanding figure (its seed is 1)."""
+    test = build_split("test", n, seed, config)
+    return vqa_report(test, predict(adapter, test, desc="eval: clean VQA", progress=progress))
+
+
 def evaluate_base(
     adapter: Any, config: ShapesConfig, n: int = 300, seed: int = 1, progress: bool = True
 ) -> dict[str, Any]:
     """Clean VQA accuracy, NaturalBench-style accuracy under shift, and single-object generation."""
-    test = build_split("test", n, seed, config)
+    clean = clean_vqa_report(adapter, config, n, seed, progress)
     natural = build_split("naturalbench", max(1, n // 4), seed, config)
-    clean = vqa_report(test, predict(adapter, test, desc="eval: clean VQA", progress=progress))
     natural_predictions = predict(adapter, natural, desc="eval: NaturalBench-style", progress=progress)
     shifted = vqa_report(natural, natural_predictions) | naturalbench_report(natural, natural_predictions)
     generation = generation_report(adapter, config, max(8, n // 3), seed)

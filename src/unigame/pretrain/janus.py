@@ -73,7 +73,10 @@ def train_janus(
     generation_ids = {id(p) for module in generation_modules for p in module.parameters()}
     groups = [
         {"params": [p for p in trainable if id(p) not in generation_ids], "lr": lr},
-        {"params": [p for p in trainable if id(p) in generation_ids], "lr": generation_lr or lr},
+        {
+            "params": [p for p in trainable if id(p) in generation_ids],
+            "lr": lr if generation_lr is None else generation_lr,
+        },
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     generation_config = (
@@ -103,7 +106,7 @@ def train_janus(
             rng, config, batch_size, caption_fraction
         )
         und_loss = adapter.understanding_loss(pixels, questions, answers).mean()
-        if generation_config is not None:
+        if generation_config is not None and generation_weight:
             scenes = [sample_scene(rng, generation_config) for _ in range(batch_size)]
             pixels = images_to_pixels([render(s, generation_config) for s in scenes])
             captions = [caption(s) for s in scenes]
