@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
@@ -65,23 +64,35 @@ def test_generation_probe_reports_before_and_after(micro_base, capsys):
     assert "before," in out and "clean VQA" in out
 
 
-def test_generation_probe_on_generation_modules_leaves_understanding_alone(micro_base, capsys):
+@pytest.mark.parametrize("train, language_model_moves", [("generation-modules", False), ("all", True)])
+def test_generation_probe_trains_the_language_model_only_when_asked(
+    micro_base, monkeypatch, train, language_model_moves
+):
+    import torch
+
+    from unigame.models.janus import JanusAdapter
+
+    loaded = {}
+    load = JanusAdapter.from_pretrained
+
+    def load_and_keep(path, *args, **kwargs):
+        adapter = load(path, *args, **kwargs)
+        loaded["adapter"] = adapter
+        loaded["before"] = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+        return adapter
+
+    monkeypatch.setattr(JanusAdapter, "from_pretrained", load_and_keep)
     _script("generation_probe").main(
-        [
-            "--model",
-            str(micro_base),
-            "--steps",
-            "2",
-            "--batch",
-            "4",
-            "--lr",
-            "1e-1",
-            "--train",
-            "generation-modules",
-        ]
+        ["--model", str(micro_base), "--steps", "2", "--batch", "4", "--lr", "1e-2", "--train", train]
     )
-    before, after = re.search(r"clean VQA (\S+) before, (\S+) after", capsys.readouterr().out).groups()
-    assert before == after
+    moved = {
+        name.split(".")[1]
+        for name, p in loaded["adapter"].model.named_parameters()
+        if not torch.equal(p, loaded["before"][name])
+    }
+    assert "generation_head" in moved
+    assert ("language_model" in moved) is language_model_moves
+    assert not moved & {"vqmodel", "vision_model", "aligner"}
 
 
 def test_joint_probe_reports_both_branches_and_saves(micro_base, tmp_path, capsys):

@@ -85,7 +85,7 @@ def train_janus(
             min_objects=min(config.min_objects, generation_max_objects),
             max_objects=generation_max_objects,
         )
-        if generation_max_objects
+        if generation_max_objects is not None
         else None
     )
     warmup = max(1, steps // 20)
