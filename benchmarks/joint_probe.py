@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     from unigame.data.shapes import ShapesConfig
     from unigame.eval.base_eval import clean_vqa_report, generation_report
     from unigame.models.janus import JanusAdapter
-    from unigame.pretrain.janus import train_janus
+    from unigame.pretrain.janus import UnderstandingMix, train_janus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a tiny Janus base directory (`unigame base`)")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         args.steps,
         batch_size=args.batch,
         lr=args.lr,
-        caption_fraction=args.caption_fraction,
+        mix=UnderstandingMix(caption_fraction=args.caption_fraction),
         generation_weight=args.generation_weight,
         freeze_vision=True,
         generation_lr=args.generation_lr,

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     from unigame.models.janus import JanusAdapter
     from unigame.models.text_tokenizer import train_text_tokenizer
     from unigame.models.tiny_janus import TinyJanusConfig, build_tiny_janus
-    from unigame.pretrain.janus import train_janus
+    from unigame.pretrain.janus import UnderstandingMix, train_janus
     from unigame.pretrain.vision import train_vision
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         args.steps,
         args.batch,
         args.lr,
-        args.caption_fraction,
+        UnderstandingMix(caption_fraction=args.caption_fraction),
         generation_weight=0.0,
         freeze_vision=bool(args.vision_steps) and not args.train_vision,
         seed=args.seed,

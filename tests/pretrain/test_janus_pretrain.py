@@ -76,3 +76,40 @@ def test_generation_scenes_drawn_with_at_most_the_given_objects(tokenizer, monke
     assert len(prompts) == 32
     # a single-object caption names one shape and no relation
     assert all(sum(p.count(s) for s in ("circle", "square", "triangle")) == 1 for p in prompts)
+
+
+def test_mix_without_generalist_tasks_draws_what_earlier_bases_drew() -> None:
+    """Bases built before the generalist tasks must rebuild bitwise: the same scenes and items."""
+    import numpy as np
+
+    from unigame.data.shapes import caption, sample_vqa
+    from unigame.models.sequences import CAPTION_QUESTION
+    from unigame.pretrain.janus import UnderstandingMix, sample_understanding_batch
+
+    config = ShapesConfig()
+    pixels, questions, answers, _ = sample_understanding_batch(
+        np.random.default_rng(3), config, 24, UnderstandingMix(caption_fraction=0.25)
+    )
+    rng, expected = np.random.default_rng(3), []
+    for _ in range(24):  # the earlier sampler: a VQA item, then one draw for the caption question
+        scene, question, answer, _ = sample_vqa(rng, config)
+        expected.append((CAPTION_QUESTION, caption(scene)) if rng.random() < 0.25 else (question, answer))
+    assert list(zip(questions, answers)) == expected
+    assert pixels.shape == (24, 3, 32, 32)
+
+
+def test_generalist_mix_holds_target_kinds_back() -> None:
+    import numpy as np
+
+    from unigame.data.generalist import ASK_QUESTION, parse_match_question
+    from unigame.models.sequences import CAPTION_QUESTION
+    from unigame.pretrain.janus import UnderstandingMix, sample_understanding_batch
+
+    mix = UnderstandingMix(caption_fraction=0.1, match_fraction=0.3, ask_fraction=0.1, vqa_kinds=("colour",))
+    _, questions, _, _ = sample_understanding_batch(np.random.default_rng(0), ShapesConfig(), 400, mix)
+    match = sum(parse_match_question(q) is not None for q in questions)
+    ask = questions.count(ASK_QUESTION)
+    described = questions.count(CAPTION_QUESTION)
+    vqa = [q for q in questions if q.endswith("?") and parse_match_question(q) is None]
+    assert all(q.startswith("What colour") for q in vqa)  # no count, shape, existence or relation
+    assert abs(match / 400 - 0.3) < 0.07 and abs(ask / 400 - 0.1) < 0.05 and abs(described / 400 - 0.1) < 0.05

@@ -73,6 +73,9 @@ def test_fingerprint_tracks_weights_not_eval_size():
         {"vision_steps": 10},
         {"vq_reseed_fraction": 0.5},
         {"vq_batch_size": 8},
+        {"vqa_kinds": ("colour",)},
+        {"match_fraction": 0.2},
+        {"ask_fraction": 0.1},
     ],
 )
 def test_options_left_out_of_the_fingerprint_count_once_they_change_the_recipe(change):
@@ -81,6 +84,7 @@ def test_options_left_out_of_the_fingerprint_count_once_they_change_the_recipe(c
     earlier = BaseTraining(
         vq_batch_size=32, batch_size=32, vq_reseed_fraction=1.0, vision_steps=0,
         generation_lr=None, generation_max_objects=None, generation_weight=1.0,
+        vqa_kinds=None, match_fraction=0.0, ask_fraction=0.0,
     )  # fmt: skip
     assert (
         BaseConfig(training=earlier).fingerprint()
@@ -99,6 +103,9 @@ def test_options_left_out_of_the_fingerprint_count_once_they_change_the_recipe(c
         (["--cfg.training.generation_max_objects", "0"], "generation_max_objects=0"),
         (["--cfg.training.generation_lr", "0"], "generation_lr=0"),
         (["--cfg.training.generation_weight", "-1"], "generation_weight=-1"),
+        (["--cfg.training.vqa_kinds", "[colour, size]"], "vqa_kinds"),
+        (["--cfg.training.match_fraction", "1.5"], "match_fraction=1.5"),
+        (["--cfg.training.match_fraction", "0.6", "--cfg.training.ask_fraction", "0.5"], "must be <= 1"),
     ],
 )
 def test_bad_config_stops_before_any_work(override, message, tmp_path, capsys):
@@ -139,13 +146,21 @@ def test_published_bases_keep_their_cache_paths():
     earlier = _recipe("tiny_janus_v1")
     assert earlier.training.vision_steps == 0 and earlier.training.vq_reseed_fraction == 1.0
     assert earlier.fingerprint() == "046d8121478f"
-    assert BaseConfig().fingerprint() == "aae51f218028"  # the default base of docs/results/main_table.md
+    # the task-tuned default that docs/results/investigation.md and the long recipe compare against
+    assert _recipe("tiny_janus_v2").fingerprint() == "aae51f218028"
+    assert BaseConfig().fingerprint() == "b226452008a3"  # the generalist default of docs/base.md
 
 
-def test_long_recipe_differs_from_the_default_only_in_the_joint_stage():
+def test_generalist_default_holds_the_target_kinds_back():
+    training = BaseTraining()
+    assert set(training.vqa_kinds) == {"colour", "shape"}
+    assert training.match_fraction > 0 and training.ask_fraction > 0
+
+
+def test_long_recipe_differs_from_the_task_tuned_recipe_only_in_the_joint_stage():
     from dataclasses import asdict
 
-    long, default = asdict(_recipe("tiny_janus_long").training), asdict(BaseTraining())
+    long, default = asdict(_recipe("tiny_janus_long").training), asdict(_recipe("tiny_janus_v2").training)
     changed = {k for k in default if long[k] != default[k]}
     assert changed == {
         "janus_steps",

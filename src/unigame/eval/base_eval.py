@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unigame.data.shapes import ShapesConfig, caption, judge_scene, sample_scene
+from unigame.data.generalist import ASK_QUESTION, match_item
+from unigame.data.pixels import images_to_pixels
+from unigame.data.shapes import ShapesConfig, answer_question, caption, judge_scene, render, sample_scene
 from unigame.data.splits import build_split
 
 # The batched helpers live in `unigame.eval.common` (shared with the full suites); re-exported here.
@@ -30,6 +32,7 @@ __all__ = [
     "evaluate_base",
     "exact_match",
     "format_base_table",
+    "generalist_report",
     "generation_report",
     "naturalbench_report",
     "predict",
@@ -61,6 +64,35 @@ def generation_report(
     }
 
 
+@torch.no_grad()
+def generalist_report(
+    adapter: Any, config: ShapesConfig, n: int, seed: int, batch_size: int = 32
+) -> dict[str, Any]:
+    """The generalist tasks on `n` fresh scenes: caption matching (yes/no, balanced) and asking.
+
+    A question the model asks counts as valid when the scene answers it unambiguously
+    (`answer_question` is not None); `distinct` is the share of different questions asked.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4409]))
+    scenes = [sample_scene(rng, config) for _ in range(n)]
+    items = [match_item(scene, rng, config) for scene in scenes]
+    match_right, asked = [], []
+    for start in range(0, n, batch_size):
+        batch = scenes[start : start + batch_size]
+        pixels = images_to_pixels([render(scene, config) for scene in batch])
+        questions = [q for q, _ in items[start : start + batch_size]]
+        predictions = adapter.answer(pixels, questions)
+        match_right += [p.strip().lower() == a for p, (_, a) in zip(predictions, items[start:])]
+        asked += adapter.answer(pixels, [ASK_QUESTION] * len(batch), max_new_tokens=16)
+    valid = [answer_question(q, scene.objects) is not None for q, scene in zip(asked, scenes)]
+    return {
+        "match_accuracy": float(np.mean(match_right)),
+        "ask_valid": float(np.mean(valid)),
+        "ask_distinct": len(set(asked)) / max(1, len(asked)),
+        "n": n,
+    }
+
+
 def clean_vqa_report(
     adapter: Any, config: ShapesConfig, n: int = 300, seed: int = 1, progress: bool = False
 ) -> dict[str, Any]:
@@ -78,10 +110,12 @@ def evaluate_base(
     natural_predictions = predict(adapter, natural, desc="eval: NaturalBench-style", progress=progress)
     shifted = vqa_report(natural, natural_predictions) | naturalbench_report(natural, natural_predictions)
     generation = generation_report(adapter, config, max(8, n // 3), seed)
+    generalist = generalist_report(adapter, config, max(8, n // 3), seed)
     return {
         "clean_vqa": clean,
         "naturalbench": shifted,
         "generation": generation,
+        "generalist": generalist,
         "shift_gap_points": 100 * (clean["accuracy"] - shifted["accuracy"]),
     }
 
@@ -104,6 +138,12 @@ def format_base_table(evaluation: dict[str, Any]) -> str:
             f"{gen['n']} prompts",
         ),
     ]
+    if "generalist" in evaluation:  # bases built before the generalist tasks lack it
+        general = evaluation["generalist"]
+        rows += [
+            ('"Does this image show {caption}?" accuracy', f"{100 * general['match_accuracy']:.1f}%", f"{general['n']} scenes"),
+            ('Questions asked that the scene answers', f"{100 * general['ask_valid']:.1f}%", f"{general['n']} scenes"),
+        ]  # fmt: skip
     kinds = ", ".join(f"{k} {100 * v:.0f}%" for k, v in clean["per_kind"].items())
     lines = ["| metric | value | size |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + f"\n\nClean VQA per question kind: {kinds}"

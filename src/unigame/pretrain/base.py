@@ -55,6 +55,13 @@ class BaseTraining:
         generation_weight: weight of the text-to-image loss against the understanding loss.
         freeze_vision: keep the pretrained vision encoder frozen in the joint stage (only when
             `vision_steps` > 0).
+        vqa_kinds: the VQA question kinds the joint stage trains on; the others are held back
+            for post-training (the target task asks every kind). None: every kind, as bases
+            before the generalist default did.
+        match_fraction: fraction of understanding items that ask "Does this image show
+            {caption}?" (yes for the scene's own caption, no for a one-attribute change).
+        ask_fraction: fraction of understanding items that ask "Ask a question about this
+            image." (answered with a templated question that is unambiguous for the scene).
     """
 
     vq_steps: int = 1000
@@ -66,12 +73,15 @@ class BaseTraining:
     vq_lr: float = 3e-3
     vq_reseed_fraction: float = 0.6
     vision_lr: float = 2e-3
-    janus_lr: float = 5e-4
+    janus_lr: float = 1e-3
     caption_fraction: float = 0.1
     freeze_vision: bool = True
-    generation_lr: float | None = None
-    generation_max_objects: int | None = None
-    generation_weight: float = 1.0
+    generation_lr: float | None = 1e-2
+    generation_max_objects: int | None = 2
+    generation_weight: float = 2.0
+    vqa_kinds: tuple[str, ...] | None = ("colour", "shape")
+    match_fraction: float = 0.3
+    ask_fraction: float = 0.1
 
     def validate(self) -> list[str]:
         errors = [
@@ -84,8 +94,24 @@ class BaseTraining:
                 errors.append(f"training.{key}={getattr(self, key)} must be >= 1")
         if not 0.0 <= self.vq_reseed_fraction <= 1.0:
             errors.append(f"training.vq_reseed_fraction={self.vq_reseed_fraction} must be in [0, 1]")
-        if not 0.0 <= self.caption_fraction <= 1.0:
-            errors.append(f"training.caption_fraction={self.caption_fraction} must be in [0, 1]")
+        fractions = ("caption_fraction", "match_fraction", "ask_fraction")
+        for key in fractions:
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                errors.append(f"training.{key}={getattr(self, key)} must be in [0, 1]")
+        if sum(getattr(self, key) for key in fractions) > 1.0:
+            errors.append(
+                "training.caption_fraction + match_fraction + ask_fraction = "
+                f"{sum(getattr(self, key) for key in fractions):g} must be <= 1 (the rest are VQA items)"
+            )
+        if self.vqa_kinds is not None:
+            from unigame.data.shapes import QUESTION_KINDS
+
+            bad = [k for k in self.vqa_kinds if k not in QUESTION_KINDS]
+            if bad or not self.vqa_kinds:
+                errors.append(
+                    f"training.vqa_kinds={list(self.vqa_kinds)} is invalid: allowed a non-empty list of "
+                    f"{', '.join(QUESTION_KINDS)}, or null for every kind"
+                )
         for key in ("vq_lr", "vision_lr", "janus_lr", "generation_lr", "generation_weight"):
             value = getattr(self, key)
             if value is not None and not value > 0:
@@ -169,6 +195,9 @@ def keys_added_later(training: dict[str, Any]) -> list[str]:
         and training["generation_weight"] == 1.0
     ):
         keys += ["generation_lr", "generation_max_objects", "generation_weight"]
+    # the generalist tasks and the held-back VQA kinds
+    if training["vqa_kinds"] is None and training["match_fraction"] == 0 and training["ask_fraction"] == 0:
+        keys += ["vqa_kinds", "match_fraction", "ask_fraction"]
     return keys
 
 
@@ -204,19 +233,23 @@ def build_base(
     if config.threads:
         torch.set_num_threads(config.threads)
 
+    from unigame.data.generalist import generalist_texts
     from unigame.data.shapes import corpus_texts
     from unigame.eval.base_eval import evaluate_base
     from unigame.models.janus import JanusAdapter
     from unigame.models.text_tokenizer import train_text_tokenizer
     from unigame.models.tiny_janus import build_tiny_janus
     from unigame.pretrain.clip import save_tiny_clip, train_tiny_clip
-    from unigame.pretrain.janus import train_janus
+    from unigame.pretrain.janus import UnderstandingMix, train_janus
     from unigame.pretrain.vision import train_vision
     from unigame.pretrain.vq import train_vq
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    tokenizer = train_text_tokenizer(corpus_texts(4000, config.seed, config.shapes), config.model.vocab_size)
+    texts = corpus_texts(4000, config.seed, config.shapes)
+    if config.training.match_fraction or config.training.ask_fraction:
+        texts += generalist_texts()  # only then: earlier bases keep their exact tokenizer
+    tokenizer = train_text_tokenizer(texts, config.model.vocab_size)
     model = build_tiny_janus(config.model, seed=config.seed)
     adapter = JanusAdapter(model, tokenizer)
     timings["tokenizer_and_build_s"] = time.perf_counter() - start
@@ -256,7 +289,12 @@ def build_base(
         config.training.janus_steps,
         config.training.batch_size,
         config.training.janus_lr,
-        config.training.caption_fraction,
+        UnderstandingMix(
+            config.training.caption_fraction,
+            config.training.match_fraction,
+            config.training.ask_fraction,
+            config.training.vqa_kinds,
+        ),
         freeze_vision=config.training.freeze_vision and config.training.vision_steps > 0,
         generation_lr=config.training.generation_lr,
         generation_max_objects=config.training.generation_max_objects,

@@ -8,28 +8,51 @@ classifier-free guidance. The VQ stays frozen, and so does a pretrained vision e
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unigame.data.generalist import ask_item, match_item
 from unigame.data.pixels import images_to_pixels
 from unigame.data.shapes import ShapesConfig, caption, render, sample_scene, sample_vqa
 from unigame.models.janus import CAPTION_QUESTION, JanusAdapter
 from unigame.pretrain.schedule import cosine_decay
 
 
+@dataclass(frozen=True)
+class UnderstandingMix:
+    """What the joint stage's understanding items ask, as fractions of the batch.
+
+    The rest of the items are VQA of `vqa_kinds` (None: every kind). A generalist base holds the
+    target task's kinds back and learns captions, caption matching and asking instead.
+    """
+
+    caption_fraction: float = 0.1
+    match_fraction: float = 0.0
+    ask_fraction: float = 0.0
+    vqa_kinds: Sequence[str] | None = None
+
+
 def sample_understanding_batch(
-    rng: np.random.Generator, config: ShapesConfig, n: int, caption_fraction: float
+    rng: np.random.Generator, config: ShapesConfig, n: int, mix: UnderstandingMix
 ) -> tuple[torch.Tensor, list[str], list[str], list[str]]:
     """Pixels (n, 3, H, W) in [0,1], questions, answers and captions of fresh scenes."""
     images, questions, answers, captions = [], [], [], []
     for _ in range(n):
-        scene, question, answer, _ = sample_vqa(rng, config)
+        scene, question, answer, _ = sample_vqa(rng, config, mix.vqa_kinds)
         text = caption(scene)
-        if rng.random() < caption_fraction:
+        # One draw decides the item's task; with no match or ask items this is the draw (and the
+        # random stream) bases built before those tasks existed used.
+        draw = rng.random()
+        if draw < mix.caption_fraction:
             question, answer = CAPTION_QUESTION, text
+        elif draw < mix.caption_fraction + mix.match_fraction:
+            question, answer = match_item(scene, rng, config)
+        elif draw < mix.caption_fraction + mix.match_fraction + mix.ask_fraction:
+            question, answer = ask_item(scene, rng, config)
         images.append(render(scene, config))
         questions.append(question)
         answers.append(answer)
@@ -44,7 +67,7 @@ def train_janus(
     steps: int,
     batch_size: int = 32,
     lr: float = 1e-3,
-    caption_fraction: float = 0.25,
+    mix: UnderstandingMix | None = None,
     generation_weight: float = 1.0,
     freeze_vision: bool = False,
     generation_lr: float | None = None,
@@ -59,6 +82,7 @@ def train_janus(
     `generation_max_objects` draws the text-to-image scenes separately, with at most that many
     objects, instead of reusing the understanding scenes.
     """
+    mix = mix or UnderstandingMix()
     model = adapter.model
     model.model.vqmodel.requires_grad_(False)
     # A pretrained vision encoder stays frozen here, as Janus keeps its SigLIP frozen while the
@@ -102,9 +126,7 @@ def train_janus(
     stats: dict[str, float] = {}
     bar = tqdm(range(steps), desc="base: understanding + generation", disable=not progress)
     for step in bar:
-        pixels, questions, answers, captions = sample_understanding_batch(
-            rng, config, batch_size, caption_fraction
-        )
+        pixels, questions, answers, captions = sample_understanding_batch(rng, config, batch_size, mix)
         und_loss = adapter.understanding_loss(pixels, questions, answers).mean()
         if generation_config is not None and generation_weight:
             scenes = [sample_scene(rng, generation_config) for _ in range(batch_size)]
