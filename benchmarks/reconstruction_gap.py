@@ -16,22 +16,29 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> None:
+    import numpy as np
+
     from unigame.data.pixels import images_to_pixels
+    from unigame.data.shapes import Scene, ShapesConfig, answer_question, judge, judge_scene
     from unigame.data.splits import build_split
     from unigame.models.janus import JanusAdapter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a tiny Janus base directory (`unigame base`)")
-    parser.add_argument("--items", type=int, default=512, help="validation items (split seed 0)")
+    parser.add_argument("--items", type=int, default=512, help="items of the split (split seed 0)")
+    parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     adapter = JanusAdapter.from_pretrained(args.model)
-    records = build_split("val", args.items, 0)
+    records = build_split(args.split, args.items, 0)
+    config = ShapesConfig()
     views = {"x (clean)": [], "G(z), continuous": [], "G(q(z)), quantised": []}
     ce = {k: [] for k in views}
+    scene_kept = {k: [] for k in views}
+    label_kept = {k: [] for k in views}
     answers = [r.answer for r in records]
     with torch.no_grad():
         for start in range(0, len(records), args.batch):
@@ -47,14 +54,24 @@ def main(argv: list[str] | None = None) -> None:
             for name, image in images.items():
                 views[name] += adapter.answer(image, questions)
                 ce[name].append(adapter.understanding_loss(image, questions, gold).float())
-    print(f"{len(records)} ShapesWorld validation items, model {args.model}\n")
-    print("| input | mean CE | accuracy | answers changed vs x |")
-    print("|---|---:|---:|---:|")
+                uint8 = (image.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+                for picture, record in zip(uint8, chunk):
+                    scene = Scene.from_dict(record.meta["scene"])
+                    scene_kept[name].append(judge_scene(picture, scene, config).all_correct)
+                    read = answer_question(record.question, judge(picture, config))
+                    label_kept[name].append(read == record.answer)
+    print(f"{len(records)} ShapesWorld {args.split} items, model {args.model}\n")
+    print("| input | mean CE | accuracy | answers changed vs x | scene kept (judge) | label kept (judge) |")
+    print("|---|---:|---:|---:|---:|---:|")
     clean = views["x (clean)"]
     for name, predictions in views.items():
         accuracy = sum(p.strip() == a for p, a in zip(predictions, answers)) / len(answers)
         changed = sum(p != c for p, c in zip(predictions, clean)) / len(answers)
-        print(f"| {name} | {torch.cat(ce[name]).mean():.3f} | {100 * accuracy:.1f}% | {100 * changed:.1f}% |")
+        kept, label = 100 * np.mean(scene_kept[name]), 100 * np.mean(label_kept[name])
+        print(
+            f"| {name} | {torch.cat(ce[name]).mean():.3f} | {100 * accuracy:.1f}% | {100 * changed:.1f}% "
+            f"| {kept:.1f}% | {label:.1f}% |"
+        )
 
 
 if __name__ == "__main__":

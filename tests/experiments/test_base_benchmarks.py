@@ -53,6 +53,15 @@ def test_shape_probe_reports_three_inputs(micro_base, capsys):
         assert f"| {name} | " in out
 
 
+def test_reconstruction_gap_reads_the_clean_scene_exactly(micro_base, capsys):
+    _script("reconstruction_gap").main(["--model", str(micro_base), "--items", "16", "--split", "test"])
+    out = capsys.readouterr().out
+    clean = next(line for line in out.splitlines() if line.startswith("| x (clean) |"))
+    # the judge reads every clean render back exactly: the scene and the label are kept on all
+    assert clean.rstrip().endswith("| 100.0% | 100.0% |")
+    assert "| G(z), continuous |" in out
+
+
 def test_understanding_probe_reports_accuracy(capsys):
     _script("understanding_probe").main(["--vision-steps", "2", "--steps", "2", "--batch", "4"])
     assert "clean VQA" in capsys.readouterr().out
