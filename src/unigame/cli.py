@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _bare_flags(list(sys.argv[1:] if argv is None else argv))
     if len(args) > 1 and args[0] == "compare" and not any(a.startswith("-") for a in args[1:]):
         args = ["compare", "[" + ",".join(_quote(a) for a in args[1:]) + "]"]  # `unigame compare RUN RUN...`
+    if args and args[0] == "reproduce":
+        args = _space_separated_lists(args)
     if args and args[0] == "train" and "--trust-remote-code" in args:  # the flag transformers users know
         # appended last, so a recipe given with --cfg cannot turn it back off
         args = [a for a in args if a != "--trust-remote-code"] + ["--cfg.model.trust_remote_code=true"]
@@ -98,6 +100,32 @@ def _bare_flags(args: list[str]) -> list[str]:
         following = args[i + 1] if i + 1 < len(args) else None
         if arg in BOOL_FLAGS and (following is None or following.startswith("-")):
             out.append("true")
+    return out
+
+
+LIST_FLAGS = {"--rows": True, "--set": True, "--best": True, "--values": False, "--percentiles": False}
+
+
+def _space_separated_lists(args: list[str]) -> list[str]:
+    """`--best a=1 b=2` and `--values 0.1 0.2` (the items up to the next `--` flag) as one YAML flow
+    list, the form jsonargparse reads for a list option; an already bracketed list is left alone.
+    Names and KEY=VALUE items are quoted as strings, `--values`/`--percentiles` stay numbers."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        out.append(args[i])
+        quoted = LIST_FLAGS.get(args[i])
+        i += 1
+        if quoted is None:
+            continue
+        items = []
+        while i < len(args) and not args[i].startswith("--"):
+            items.append(args[i])
+            i += 1
+        if len(items) == 1 and items[0].lstrip().startswith("["):
+            out.append(items[0])
+        elif items:
+            out.append("[" + ",".join(_quote(a) if quoted else a for a in items) + "]")
     return out
 
 

@@ -1,18 +1,25 @@
-"""The paper's tables on ShapesWorld: a grid of (row, seed) post-training runs, evaluated and summarised.
+"""The paper's tables and sweeps on ShapesWorld: a grid of (row, seed) post-training runs, evaluated and summarised.
 
 A *row* is the shared recipe plus a few dotted overrides (`game.adversary: noise`), so each Table-4
-ablation is one config switch. Every (row, seed) run trains with `cfg.seed = data.split_seed = seed`
-(LoRA and perturber init, replay draws and the training sample all vary with the seed, and rows
-at the same seed see the same data), then runs the shapes suite on the `test` split (suite seed
-0) or the `val` split (suite seed 1: the same builders, independently drawn scenes) — tune on
-`val`, report `test`. The grid is resumable: a finished run or evaluation is reused, an
-interrupted run resumes from its newest checkpoint.
+ablation, each control and each point of a sweep is one config switch. Every (row, seed) run trains
+with `cfg.seed = data.split_seed = seed` (LoRA and perturber init, replay draws and the training
+sample all vary with the seed, and rows at the same seed see the same data), then runs the shapes
+suite on the `test` split (suite seed 0) or the `val` split (suite seed 1: the same builders,
+independently drawn scenes) — tune on `val`, report `test`. The grid is resumable: a finished run or
+evaluation is reused, an interrupted run resumes from its newest checkpoint.
+
+Tables (`TABLES`) and figures (`FIGURES`, the sweeps of paper Fig. 7, Fig. 11 and Table 8) share
+this grid and its summary: mean ± std per row, and paired differences of every trained row against
+SFT (and SFT with equal examples per update) over the seeds both share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
 import json
+import math
 import os
 import platform
 import shlex
@@ -31,16 +38,26 @@ from unigame.game.config import TrainConfig
 
 __all__ = [
     "COLUMNS",
+    "FIGURES",
+    "FIGURE_COLUMNS",
     "metric_percent",
     "GridError",
     "Job",
     "Row",
+    "Sweep",
     "TABLES",
     "apply_overrides",
+    "figure_rows",
+    "figure_sweeps",
+    "paired_comparisons",
+    "paired_stats",
     "plan_jobs",
     "reproduce",
     "run_jobs",
+    "sign_test_p",
     "summarize",
+    "t_test_p",
+    "table_rows",
 ]
 
 Split = Literal["test", "val"]
@@ -49,23 +66,48 @@ SPLIT_SEEDS: dict[str, int] = {"test": 0, "val": 1}  # the shapes suite's seed f
 
 @dataclass(frozen=True)
 class Row:
-    """One table row: `overrides` on top of the recipe; `trains=False` evaluates the base as is."""
+    """One table row: `overrides` on top of the recipe; `trains=False` evaluates the base as is.
+
+    `derived(recipe)` adds overrides that depend on the recipe (read at plan time, after `--set`),
+    e.g. SFT's extra items per step equal to the recipe's replay batch."""
 
     name: str
     label: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     trains: bool = True
+    derived: Callable[[TrainConfig], Mapping[str, Any]] | None = None
+
+    def overrides_for(self, recipe: TrainConfig) -> dict[str, Any]:
+        """The dotted overrides this row applies on top of `recipe`."""
+        return {**self.overrides, **(self.derived(recipe) if self.derived else {})}
 
 
+def _equal_examples(recipe: TrainConfig) -> dict[str, Any]:
+    """SFT's extra clean items per step: as many as UniGame replays (`game.replay_batch`, else the batch)."""
+    return {"data.extra_clean_items": recipe.game.replay_batch or recipe.data.batch_size}
+
+
+# Table 4's random-noise row: token-space noise, neither filter nor buffer.
+_NOISE = {"game.adversary": "noise", "game.filter": "none", "game.buffer": False}
 BASELINE = Row("baseline", "baseline (no post-training)", trains=False)
 SFT = Row("sft", "SFT", {"game.enabled": False})
+SFT_EQUAL = Row(
+    "sft-equal", "SFT with equal examples per update", {"game.enabled": False}, derived=_equal_examples
+)
 FULL = Row("full", "full: decoding + CLIP + buffer (UniGame)", {})
+EPS0 = Row("eps0", "UniGame with ε = 0", {"game.eps_max": 0.0})
+OFFICIAL = Row(
+    "official", "official-style mining", {"game.adversary": "embedding", "game.mining": "official"}
+)
+# The rows every trained row is compared with, pair by pair over shared seeds (when in the table).
+REFERENCES = ("sft", "sft-equal")
 
 TABLES: dict[str, tuple[Row, ...]] = {
     "4": (
         BASELINE,
         SFT,
-        Row("noise", "random noise in token space", {"game.adversary": "noise", "game.filter": "none", "game.buffer": False}),
+        SFT_EQUAL,
+        Row("noise", "random noise in token space", _NOISE),
         Row("embedding", "embedding-adversarial", {"game.adversary": "embedding", "game.filter": "none", "game.buffer": False}),
         Row("embedding-cosine", "embedding-adversarial + cosine", {"game.adversary": "embedding", "game.filter": "cosine", "game.buffer": False}),
         Row("embedding-cosine-buffer", "embedding-adversarial + cosine + buffer", {"game.adversary": "embedding", "game.filter": "cosine"}),
@@ -73,11 +115,27 @@ TABLES: dict[str, tuple[Row, ...]] = {
         Row("decoding-cosine", "decoding + cosine", {"game.filter": "cosine", "game.buffer": False}),
         Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}),
         FULL,
+        EPS0,
+        OFFICIAL,
     ),
     "main": (BASELINE, SFT, FULL),
+    # The final decision on the test split; `best` (full + `--best` overrides) is added by table_rows.
+    "confirm": (BASELINE, SFT, SFT_EQUAL, EPS0, FULL),
 }  # fmt: skip
 
 # (label, key in metrics.json) per table; every value is a fraction or cosine, shown x100.
+_MAIN_COLUMNS = (
+    ("clean VQA", "clean_vqa.accuracy"),
+    ("POPE F1", "pope.mean_f1"),
+    ("NB G-Acc", "naturalbench.g_acc"),
+    ("adversarial split", "adversarial_split.accuracy"),
+    ("PGD 4/255", "pgd.eps_4.accuracy"),
+    ("PGD 8/255", "pgd.eps_8.accuracy"),
+    ("UnifiedBench", "unifiedbench.score"),
+    ("Nonunified (lower better)", "nonunified.score"),
+    ("Consistency", "consistency.score"),
+    ("GenEval strict", "geneval.strict.overall"),
+)
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "4": (
         ("clean VQA", "clean_vqa.accuracy"),
@@ -87,19 +145,133 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("adversarial split", "adversarial_split.accuracy"),
         ("PGD 8/255", "pgd.eps_8.accuracy"),
     ),
-    "main": (
-        ("clean VQA", "clean_vqa.accuracy"),
-        ("POPE F1", "pope.mean_f1"),
-        ("NB G-Acc", "naturalbench.g_acc"),
-        ("adversarial split", "adversarial_split.accuracy"),
-        ("PGD 4/255", "pgd.eps_4.accuracy"),
-        ("PGD 8/255", "pgd.eps_8.accuracy"),
-        ("UnifiedBench", "unifiedbench.score"),
-        ("Nonunified (lower better)", "nonunified.score"),
-        ("Consistency", "consistency.score"),
-        ("GenEval strict", "geneval.strict.overall"),
-    ),
+    "main": _MAIN_COLUMNS,
+    "confirm": _MAIN_COLUMNS,
 }
+FIGURE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("clean VQA", "clean_vqa.accuracy"),
+    ("POPE F1", "pope.mean_f1"),
+    ("NB G-Acc", "naturalbench.g_acc"),
+    ("adversarial split", "adversarial_split.accuracy"),
+    ("PGD 8/255", "pgd.eps_8.accuracy"),
+)
+# Read from the run folder rather than the evaluation (`run.` keys; see `_cell_value`): the ε the
+# gate ended at (not x100), and the share of mined / inserted / rejected candidates whose answer
+# still holds (x100; written by runs that check label validity, absent otherwise).
+LEARNED_EPS = ("learned ε", "run.eps")
+LABEL_VALIDITY: tuple[tuple[str, str], ...] = (
+    ("label valid: mined", "run.label_valid_mined"),
+    ("label valid: inserted", "run.label_valid_inserted"),
+    ("label valid: rejected", "run.label_valid_rejected"),
+)
+
+
+def table_rows(table: str, best: Mapping[str, Any] | None = None) -> list[Row]:
+    """The rows of `table`; `confirm` also gets `best` = full + `best` overrides (required there)."""
+    if table not in TABLES:
+        raise ValueError(f"table={table!r}: allowed {', '.join(TABLES)}")
+    rows = list(TABLES[table])
+    if table == "confirm":
+        if not best:
+            raise ValueError(
+                "--table confirm needs --best KEY=VALUE ...: the overrides chosen on the val split, "
+                "e.g. --best game.eps_max=0.1 game.beta=1.0"
+            )
+        shown = ", ".join(f"{k}={v}" for k, v in best.items())
+        rows.append(Row("best", f"best: full + {shown}", dict(best)))
+    elif best:
+        raise ValueError(f"--best applies to --table confirm only (got --table {table})")
+    return rows
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One swept setting: a row per value, named `<name>-<value>`, overrides from `point(value, recipe)`."""
+
+    name: str
+    label: str  # the x axis, e.g. "ε_max"
+    values: tuple[float, ...]
+    point: Callable[[float, TrainConfig], Mapping[str, Any]]
+    log_x: bool = True
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # overrides shared by every point
+    is_budget: bool = False  # the value is ε_max: report the ε the gate learned against it
+
+    def rows(self, values: Sequence[float] | None = None) -> list[Row]:
+        """One trained row per value (default: `self.values`)."""
+        return [
+            Row(
+                f"{self.name}-{value:g}",
+                f"{self.label} = {value:g}",
+                dict(self.fixed),
+                derived=functools.partial(self.point, value),
+            )
+            for value in (self.values if values is None else values)
+        ]
+
+
+def _budget_point(value: float, recipe: TrainConfig) -> dict[str, Any]:
+    # The gate starts mid-range, as the paper's ε_init 0.01 of ε_max 0.02.
+    return {"game.eps_max": value, "game.eps_init": value / 2}
+
+
+def _key_point(key: str, value: float, recipe: TrainConfig) -> dict[str, Any]:
+    return {key: value}
+
+
+def _lr_ratio_point(ratio: float, recipe: TrainConfig) -> dict[str, Any]:
+    return {"optim.gen_lr": ratio * recipe.optim.und_lr}  # at the recipe's und_lr (paper ratio 250)
+
+
+# name -> (title, sweeps): each sweep is one panel row of the figure.
+FIGURES: dict[str, tuple[str, tuple[Sweep, ...]]] = {
+    "budget": (
+        "perturbation budget ε_max (paper Fig. 11), ε_init = ε_max / 2",
+        (Sweep("budget", "ε_max", (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), _budget_point, is_budget=True),),
+    ),
+    "noise": (
+        "random token noise at budget σ (paper Fig. 7), ε_init = σ / 2",
+        (Sweep("noise", "σ", (0.01, 0.05, 0.1, 0.2, 0.5), _budget_point, fixed=_NOISE, is_budget=True),),
+    ),
+    "beta": (
+        "hard-sample weight β and hardness percentile τ (paper Fig. 11)",
+        (
+            Sweep("beta", "β", (0.1, 0.25, 0.5, 1.0, 2.0), functools.partial(_key_point, "game.beta")),
+            Sweep("tau", "τ percentile", (40.0, 60.0, 80.0), functools.partial(_key_point, "game.percentile"), log_x=False),
+        ),
+    ),
+    "lr": (
+        "learning-rate ratio gen_lr / und_lr at the recipe's und_lr (paper Table 8)",
+        (Sweep("lr", "gen_lr / und_lr", (25.0, 100.0, 250.0, 1000.0), _lr_ratio_point),),
+    ),
+}  # fmt: skip
+
+
+def figure_sweeps(
+    figure: str, values: Sequence[float] | None = None, percentiles: Sequence[float] | None = None
+) -> list[tuple[Sweep, list[float]]]:
+    """The sweeps of `figure` with the values to run: `values` replace the first sweep's,
+    `percentiles` the τ sweep's (figure `beta`)."""
+    if figure not in FIGURES:
+        raise ValueError(f"figure={figure!r}: allowed {', '.join(FIGURES)}")
+    if percentiles is not None and figure != "beta":
+        raise ValueError(f"--percentiles applies to --figure beta only (got --figure {figure})")
+    for given, flag in ((values, "--values"), (percentiles, "--percentiles")):
+        if given is not None and (not given or len(set(given)) != len(given)):
+            raise ValueError(f"{flag} {list(given)}: give one or more distinct values")
+    chosen = (values, percentiles)
+    return [
+        (sweep, list(sweep.values if chosen[i] is None else chosen[i]))
+        for i, sweep in enumerate(FIGURES[figure][1])
+    ]
+
+
+def figure_rows(
+    figure: str, values: Sequence[float] | None = None, percentiles: Sequence[float] | None = None
+) -> list[Row]:
+    """SFT (the reference band) then every point of `figure`'s sweeps (see `figure_sweeps`)."""
+    return [SFT] + [
+        row for sweep, swept in figure_sweeps(figure, values, percentiles) for row in sweep.rows(swept)
+    ]
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -175,7 +347,9 @@ def plan_jobs(
             )  # fmt: skip
             continue
         for seed in seeds:
-            cfg = apply_overrides(recipe, {**row.overrides, "seed": seed, "data.split_seed": seed})
+            cfg = apply_overrides(
+                recipe, {**row.overrides_for(recipe), "seed": seed, "data.split_seed": seed}
+            )
             cfg.model.path = str(model_path)
             cfg.logging.progress = False
             cfg.validate()
@@ -295,37 +469,306 @@ def metric_percent(eval_dir: str | Path, key: str) -> float:
     return 100 * flatten_metrics(metrics)[key]
 
 
+def _run_value(run_dir: str | None, key: str) -> float | None:
+    """A `run.` column of a run folder, or None when the run has none (the baseline; SFT's ε).
+
+    `run.eps`: the last logged ε of metrics.csv, as is. `run.label_valid_*`: the run's mean from
+    label_validity.json, else the mean of that metrics.csv column; x100."""
+    if run_dir is None:
+        return None
+    name = key.removeprefix("run.")
+    validity = Path(run_dir) / "label_validity.json"
+    if name != "eps" and validity.is_file():
+        value = json.loads(validity.read_text()).get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return 100 * float(value)
+    metrics_csv = Path(run_dir) / "metrics.csv"
+    if not metrics_csv.is_file():
+        return None
+    with open(metrics_csv, newline="") as handle:
+        cells = [row.get(name) for row in csv.DictReader(handle)]
+    finite = [float(c) for c in cells if c and math.isfinite(float(c))]
+    if not finite:
+        return None
+    return finite[-1] if name == "eps" else 100 * float(np.mean(finite))
+
+
+def _cell_value(result: Mapping[str, Any], key: str) -> float | None:
+    if key.startswith("run."):
+        return _run_value(result.get("run_dir"), key)
+    return metric_percent(result["eval_dir"], key)
+
+
 def summarize(
     rows: Sequence[Row], results: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> list[dict[str, Any]]:
-    """Per row and column: mean, sample std (ddof 1; 0 for one value) and the per-seed values, x100."""
+    """Per row and column: mean, sample std (ddof 1; 0 for one value), the per-seed values (x100)
+    and their seeds. A `run.` column a row has no value for (SFT's learned ε) has mean None."""
     summary = []
     for row in rows:
         runs = [r for r in results if r["row"] == row.name]
         cells = {}
         for label, key in columns:
-            values = [metric_percent(r["eval_dir"], key) for r in runs]
-            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            cells[label] = {"mean": float(np.mean(values)), "std": std, "values": values}
+            found = [(r["seed"], _cell_value(r, key)) for r in runs]
+            found = [(seed, value) for seed, value in found if value is not None]
+            values = [value for _, value in found]
+            mean = float(np.mean(values)) if values else None
+            std = (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0) if values else None
+            cells[label] = {"mean": mean, "std": std, "values": values, "seeds": [seed for seed, _ in found]}
         wall = sum(r["train_s"] + r["eval_s"] for r in runs)
-        summary.append({"row": row.name, "label": row.label, "n": len(runs), "cells": cells, "wall_s": wall})
+        summary.append(
+            {
+                "row": row.name,
+                "label": row.label,
+                "trains": row.trains,
+                "n": len(runs),
+                "cells": cells,
+                "wall_s": wall,
+            }
+        )
     return summary
 
 
+def _shown(summary: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The columns at least one row has a value for (label validity only where runs record it)."""
+    return [
+        (label, key) for label, key in columns if any(e["cells"][label]["mean"] is not None for e in summary)
+    ]
+
+
+def _number(key: str, value: float) -> str:
+    return f"{value:.3g}" if key == LEARNED_EPS[1] else f"{value:.1f}"
+
+
 def markdown_table(summary: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """Mean ± std per cell; a last line of differences when both SFT and the full UniGame row exist."""
+    """Mean ± std per cell (– where a row has no value); a last line of differences of means when
+    both SFT and the full UniGame row exist."""
+    columns = _shown(summary, columns)
     labels = [label for label, _ in columns]
     lines = ["| row | seeds | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for entry in summary:
-        cells = [f"{entry['cells'][c]['mean']:.1f} ± {entry['cells'][c]['std']:.1f}" for c in labels]
-        if entry["n"] == 1:
-            cells = [f"{entry['cells'][c]['mean']:.1f}" for c in labels]
+        cells = []
+        for label, key in columns:
+            cell = entry["cells"][label]
+            if cell["mean"] is None:
+                cells.append("–")
+            elif len(cell["values"]) == 1:
+                cells.append(_number(key, cell["mean"]))
+            else:
+                cells.append(f"{_number(key, cell['mean'])} ± {_number(key, cell['std'])}")
         lines.append(f"| {entry['label']} | {entry['n']} | " + " | ".join(cells) + " |")
     by_row = {entry["row"]: entry for entry in summary}
     if "sft" in by_row and "full" in by_row:
-        diffs = [by_row["full"]["cells"][c]["mean"] - by_row["sft"]["cells"][c]["mean"] for c in labels]
-        lines.append("| **UniGame − SFT** | | " + " | ".join(f"{d:+.1f}" for d in diffs) + " |")
+        full, sft = by_row["full"]["cells"], by_row["sft"]["cells"]
+        diffs = [
+            "–"
+            if full[c]["mean"] is None or sft[c]["mean"] is None
+            else f"{full[c]['mean'] - sft[c]['mean']:+.1f}"
+            for c in labels
+        ]
+        lines.append("| **UniGame − SFT** | | " + " | ".join(diffs) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- paired comparisons
+def t_test_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with `df` >= 1 degrees of freedom: P(|T| >= |t|).
+
+    Exact for integer df, by the finite series of Abramowitz & Stegun 26.7.3 (odd df) and 26.7.4
+    (even df) for A(t|df) = P(|T| <= t), with θ = atan(|t| / sqrt(df)); no scipy needed."""
+    if df < 1:
+        raise ValueError(f"df={df} must be >= 1")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2:  # A = 2/π (θ + sinθ (cosθ + 2/3 cos³θ + ... + 2·4···(df-3) / (1·3···(df-2)) cos^(df-2)θ))
+        series, term = 0.0, math.cos(theta)
+        for j in range(1, (df - 1) // 2 + 1):
+            series += term
+            term *= 2 * j / (2 * j + 1) * cos2
+        inside = 2 / math.pi * (theta + sin * series)
+    else:  # A = sinθ (1 + 1/2 cos²θ + 1·3/(2·4) cos⁴θ + ... + 1·3···(df-3) / (2·4···(df-2)) cos^(df-2)θ)
+        series, term = 0.0, 1.0
+        for j in range(df // 2):
+            series += term
+            term *= (2 * j + 1) / (2 * j + 2) * cos2
+        inside = sin * series
+    return min(1.0, max(0.0, 1.0 - inside))
+
+
+def sign_test_p(differences: Sequence[float]) -> float:
+    """Two-sided exact sign test: 2 P(X <= min(#positive, #negative)), X ~ Binomial(n, 1/2) over
+    the n non-zero differences, capped at 1 (1 when every difference is zero)."""
+    positive = sum(1 for d in differences if d > 0)
+    negative = sum(1 for d in differences if d < 0)
+    n = positive + negative
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(positive, negative) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_stats(differences: Sequence[float]) -> dict[str, Any]:
+    """Mean paired difference, its standard error (sample std / sqrt(n)), the paired t statistic
+    and the two-sided p-values of the paired t-test (df n-1) and the sign test.
+
+    With fewer than two pairs, se, t and p_t are None; with a zero spread, t is None and p_t is 1
+    when the mean is 0 and 0 otherwise."""
+    d = np.asarray(differences, dtype=np.float64)
+    n = int(d.size)
+    out: dict[str, Any] = {"n": n, "mean": float(d.mean()) if n else None, "se": None, "t": None, "p_t": None}
+    out["p_sign"] = sign_test_p(d.tolist()) if n else None
+    if n >= 2:
+        out["se"] = float(d.std(ddof=1)) / math.sqrt(n)
+        if out["se"] > 0:
+            out["t"] = out["mean"] / out["se"]
+            out["p_t"] = t_test_p(out["t"], n - 1)
+        else:
+            out["p_t"] = 1.0 if out["mean"] == 0 else 0.0
+    return out
+
+
+def paired_comparisons(
+    summary: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    references: Sequence[str] = REFERENCES,
+) -> list[dict[str, Any]]:
+    """Every trained row against each reference present (`sft`, then `sft-equal`), per metric
+    column, paired by training seed over the seeds both rows have (`run.` columns are left out:
+    the references have no ε). A row is compared with a reference only once (sft-equal vs sft,
+    not also sft vs sft-equal)."""
+    by_row = {entry["row"]: entry for entry in summary}
+    present = [ref for ref in references if ref in by_row]
+    metric_labels = [label for label, key in columns if not key.startswith("run.")]
+    comparisons = []
+    for i, ref in enumerate(present):
+        for entry in summary:
+            if not entry["trains"] or entry["row"] in present[: i + 1]:
+                continue
+            cells = {}
+            for label in metric_labels:
+                mine = dict(zip(entry["cells"][label]["seeds"], entry["cells"][label]["values"], strict=True))
+                theirs = dict(
+                    zip(
+                        by_row[ref]["cells"][label]["seeds"],
+                        by_row[ref]["cells"][label]["values"],
+                        strict=True,
+                    )
+                )
+                shared = sorted(set(mine) & set(theirs))
+                cells[label] = paired_stats([mine[s] - theirs[s] for s in shared])
+            pairs = max((cell["n"] for cell in cells.values()), default=0)
+            if pairs:
+                comparisons.append(
+                    {"row": entry["row"], "label": entry["label"], "reference": ref,
+                     "reference_label": by_row[ref]["label"], "n": pairs, "cells": cells}
+                )  # fmt: skip
+    return comparisons
+
+
+def _signed(value: float) -> str:
+    return f"{round(value, 1) + 0.0:+.1f}"  # + 0.0: -0.04 shows as +0.0, not -0.0
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def comparisons_markdown(comparisons: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """One line per (row, reference): mean paired difference ± se (paired-t p / sign-test p)."""
+    if not comparisons:
+        return ""
+    labels = [label for label, key in columns if not key.startswith("run.")]
+    lines = ["| row − reference | pairs | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for comparison in comparisons:
+        cells = []
+        for label in labels:
+            cell = comparison["cells"][label]
+            if cell["n"] == 0:
+                cells.append("–")
+            elif cell["se"] is None:
+                cells.append(f"{_signed(cell['mean'])} (1 pair)")
+            else:
+                cells.append(
+                    f"{_signed(cell['mean'])} ± {cell['se']:.1f} (p {_p(cell['p_t'])} / {_p(cell['p_sign'])})"
+                )
+        name = f"{comparison['label']} − {comparison['reference_label']}"
+        lines.append(f"| {name} | {comparison['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ figures
+def plot_sweeps(
+    path: Path,
+    title: str,
+    panels: Sequence[tuple[Sweep, Sequence[float], Sequence[str]]],
+    summary: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    reference: str = "sft",
+) -> Path:
+    """A PNG: per sweep (a row of panels) each metric column vs the swept value, mean ± std error
+    bars, with the reference row's mean ± std as a grey band; then the learned ε vs ε_max (a sweep
+    of the budget) and the label-validity means, where the runs have them.
+
+    `panels`: (sweep, its values, its row names) in plotting order."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    by_row = {entry["row"]: entry for entry in summary}
+    columns = _shown(summary, columns)
+    metrics = [(label, key) for label, key in columns if not key.startswith("run.")]
+    has_eps = any(key == LEARNED_EPS[1] for _, key in columns)
+    validity = [(label, key) for label, key in columns if key in dict(LABEL_VALIDITY).values()]
+    width = len(metrics) + has_eps + bool(validity)
+    fig = Figure(figsize=(3.2 * width, 2.9 * len(panels) + 0.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), width, squeeze=False)
+    fig.suptitle(title)
+
+    def stats(names: Sequence[str], label: str) -> tuple[np.ndarray, np.ndarray]:
+        cells = [by_row[name]["cells"][label] for name in names]
+        mean = np.array([np.nan if c["mean"] is None else c["mean"] for c in cells])
+        std = np.array([np.nan if c["std"] is None else c["std"] for c in cells])
+        return mean, std
+
+    ref = by_row.get(reference)
+    for i, (sweep, values, names) in enumerate(panels):
+        x = np.asarray(values, dtype=np.float64)
+        row_axes = list(axes[i])
+        for ax, (label, _) in zip(row_axes, metrics, strict=False):
+            mean, std = stats(names, label)
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label="sweep (mean ± std)")
+            if ref is not None and ref["cells"][label]["mean"] is not None:
+                m, s = ref["cells"][label]["mean"], ref["cells"][label]["std"]
+                ax.axhline(m, color="grey", linestyle="--", linewidth=1, label=f"{ref['label']} (mean ± std)")
+                ax.axhspan(m - s, m + s, color="grey", alpha=0.2)
+            ax.set_title(f"{label} (%)")
+        extra = row_axes[len(metrics) :]
+        if has_eps:
+            ax = extra.pop(0)
+            mean, std = stats(names, LEARNED_EPS[0])
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label="learned ε (final)")
+            if sweep.is_budget:
+                ax.plot(x, x, linestyle=":", color="black", linewidth=1, label=f"{sweep.label} (the bound)")
+                ax.set_yscale("log")
+            ax.set_title("learned ε")
+            ax.legend(fontsize=7)
+        if validity:
+            ax = extra.pop(0)
+            for label, _ in validity:
+                mean, std = stats(names, label)
+                ax.errorbar(
+                    x, mean, yerr=std, marker="o", capsize=3, label=label.removeprefix("label valid: ")
+                )
+            ax.set_title("label still valid (%)")
+            ax.legend(fontsize=7)
+        for ax in row_axes:
+            ax.set_xlabel(sweep.label)
+            if sweep.log_x:
+                ax.set_xscale("log")
+        row_axes[0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
 
 
 def machine_description(workers: int, threads: int) -> str:
@@ -343,42 +786,64 @@ def default_workers(threads: int) -> int:
 
 
 def reproduce(
-    table: Literal["4", "main"] = "main",
+    table: Literal["4", "main", "confirm"] | None = None,
+    figure: Literal["budget", "noise", "beta", "lr"] | None = None,
     seeds: int = 3,
     first_seed: int = 0,
     steps: int = 300,
     model: str | None = None,
     recipe: str | None = None,
     output: str | None = None,
-    split: Split = "test",
+    split: Split | None = None,
     rows: list[str] | None = None,
     set: list[str] | str | None = None,  # noqa: A002 - the CLI flag is --set
+    best: list[str] | str | None = None,
+    values: list[float] | None = None,
+    percentiles: list[float] | None = None,
     quick: bool = False,
     workers: int = 0,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Reproduce a paper table on ShapesWorld: train every row for several seeds, evaluate, summarise.
+    """Reproduce a paper table or sweep on ShapesWorld: train every row for several seeds, evaluate, summarise.
 
-    Writes `<output>/table-<table>.md` (the table with command, seeds, machine and times) and
-    `<output>/table-<table>.json`; rerunning reuses finished runs and resumes interrupted ones, so
-    `--table main` after `--table 4` into the same output only evaluates what is missing.
+    A table writes `<output>/table-<table>.md` and `.json`; a figure writes `<output>/figure-<figure>.png`,
+    `.md` and `.json`. Each gives mean ± std per row, then every trained row's paired difference
+    from SFT (and from SFT with equal examples per update, when in the grid) over the seeds both
+    have, with its standard error, paired-t and sign-test p-values, and the command, seeds, machine
+    and times. Rerunning reuses finished runs and resumes interrupted ones, so tables and figures
+    written into one output share their runs (every figure's SFT reference is the same runs).
 
     Args:
-        table: `4` (the ablation: baseline, SFT, noise, embedding (+cosine, +buffer), decoding
-            (+cosine, +CLIP), full) or `main` (baseline / SFT / UniGame on understanding, robustness,
-            consistency and generation).
+        table: `4` (the ablation: baseline, SFT, SFT with equal examples per update, noise,
+            embedding (+cosine, +buffer), decoding (+cosine, +CLIP), full, UniGame with ε = 0,
+            official-style mining), `main` (baseline / SFT / UniGame on understanding, robustness,
+            consistency and generation) or `confirm` (the final test-split decision: baseline, SFT,
+            SFT with equal examples, ε = 0, full and `best` = full + --best). Default: main,
+            unless --figure is given.
+        figure: a sweep on the val split, each point a UniGame row, with an SFT reference band:
+            `budget` (ε_max 0.005-0.5, ε_init = ε_max/2, with the ε the gate learned), `noise`
+            (random token noise at σ = 0.01-0.5), `beta` (β 0.1-2 and τ percentile 40/60/80) or
+            `lr` (gen_lr/und_lr 25-1000 at the recipe's und_lr).
         seeds: training seeds per row (seeds first_seed .. first_seed+seeds-1), >= 1.
         first_seed: the first training seed.
         steps: post-training steps per run (optim.steps).
         model: base model directory; default: the cached tiny Janus base (built if missing).
         recipe: YAML training recipe the rows override; default: the built-in tiny recipe
             (configs/shapes_tiny_unigame.yaml).
-        output: folder for runs, evaluations and results (default runs/reproduce-table<table>-<split>).
+        output: folder for runs, evaluations and results (default runs/reproduce-table<table>-<split>,
+            and runs/reproduce-figures-val for every figure).
         split: `test` (report) or `val` (tune: independently drawn scenes; never tune on test).
-        rows: only these rows (their names: baseline, sft, noise, embedding, embedding-cosine,
-            embedding-cosine-buffer, decoding, decoding-cosine, decoding-clip, full), e.g. [sft,full].
-        set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), or a
-            list of them ('[game.eps_max=0.05,game.beta=1.0]').
+            Default: test for tables; figures run on val only.
+        rows: only these rows of the table (their names: baseline, sft, sft-equal, noise, embedding,
+            embedding-cosine, embedding-cosine-buffer, decoding, decoding-cosine, decoding-clip,
+            full, eps0, official, best), e.g. [sft,full] or `--rows sft full`.
+        set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), several
+            space-separated, or a list ('[game.eps_max=0.05,game.beta=1.0]').
+        best: `--table confirm` only (required there): the overrides of the `best` row on top of
+            full, e.g. `--best game.eps_max=0.1 game.beta=1.0`.
+        values: the swept values of the figure (its first sweep: ε_max, σ, β or the LR ratio),
+            e.g. `--values 0.02 0.1 0.5`.
+        percentiles: `--figure beta` only: the τ percentiles of its second sweep (default 40 60 80).
         quick: tiny evaluation sizes (a smoke test, not a result).
         workers: runs at a time (0: one per `threads` cores, at most 8).
         threads: torch threads per run.
@@ -387,17 +852,49 @@ def reproduce(
 
     console = Console()
     set = [set] if isinstance(set, str) else set  # noqa: A001
+    best = [best] if isinstance(best, str) else best
     if seeds < 1:
         raise ValueError(f"seeds={seeds} must be >= 1")
-    if table not in TABLES:
-        raise ValueError(f"table={table!r}: allowed {', '.join(TABLES)}")
-    chosen = list(TABLES[table])
-    if rows:
-        known = {r.name for r in chosen}
-        unknown = [r for r in rows if r not in known]
-        if unknown:
-            raise ValueError(f"rows {unknown} are not in table {table}; allowed: {', '.join(sorted(known))}")
-        chosen = [r for r in chosen if r.name in rows]
+    if table is not None and figure is not None:
+        raise ValueError(f"give --table or --figure, not both (got --table {table} --figure {figure})")
+    panels: list[tuple[Sweep, list[float], list[str]]] = []
+    if figure is None:
+        table = table or "main"
+        split = split or "test"
+        for given, flag in ((values, "--values"), (percentiles, "--percentiles")):
+            if given is not None:
+                raise ValueError(f"{flag} applies to --figure only (got --table {table})")
+        chosen = table_rows(table, parse_set(best or []))
+        if rows:
+            known = {r.name for r in chosen}
+            unknown = [r for r in rows if r not in known]
+            if unknown:
+                raise ValueError(
+                    f"rows {unknown} are not in table {table}; allowed: {', '.join(sorted(known))}"
+                )
+            chosen = [r for r in chosen if r.name in rows]
+        columns = COLUMNS[table] + LABEL_VALIDITY
+        name, title = f"table-{table}", f"Table {table} on ShapesWorld ({split} split)"
+        out = Path(output or f"runs/reproduce-table{table}-{split}")
+    else:
+        if split == "test":
+            raise ValueError(
+                f"--figure {figure} runs on the val split only: sweeps choose settings, and choosing on "
+                "test would leak into the reported numbers. Drop --split test; report the chosen "
+                "setting on test with --table confirm --best KEY=VALUE ..."
+            )
+        split = "val"
+        if rows or best:
+            raise ValueError("--rows and --best apply to --table; choose a figure's points with --values")
+        chosen = figure_rows(figure, values, percentiles)
+        panels = [
+            (sweep, swept, [r.name for r in sweep.rows(swept)])
+            for sweep, swept in figure_sweeps(figure, values, percentiles)
+        ]
+        budget = any(sweep.is_budget for sweep, _, _ in panels)
+        columns = FIGURE_COLUMNS + ((LEARNED_EPS,) if budget else ()) + LABEL_VALIDITY
+        name, title = f"figure-{figure}", f"Figure {figure}: {FIGURES[figure][0]}, on ShapesWorld (val split)"
+        out = Path(output or "runs/reproduce-figures-val")
     base_recipe = TrainConfig()
     if recipe is not None:
         from unigame.game.run import load_recipe
@@ -408,13 +905,12 @@ def reproduce(
     from unigame.game.loading import resolve_model_path
 
     model_path = Path(model).expanduser() if model is not None else resolve_model_path(base_recipe.model)
-    out = Path(output or f"runs/reproduce-table{table}-{split}")
     workers = workers or default_workers(threads)
     seed_list = list(range(first_seed, first_seed + seeds))
     jobs = plan_jobs(chosen, seed_list, base_recipe, model_path, out, split, quick, threads)
 
     console.print(
-        f"Table {table} on the {split} split: {len(chosen)} rows, seeds {seed_list}, {steps} steps, "
+        f"{title}: {len(chosen)} rows, seeds {seed_list}, {steps} steps, "
         f"{len(jobs)} jobs, {workers} at a time; logs in {out}/<row>/..."
     )
     started = time.perf_counter()
@@ -432,20 +928,27 @@ def reproduce(
 
     results = run_jobs(jobs, workers, report)
     wall = time.perf_counter() - started
-    columns = COLUMNS[table]
     summary = summarize(chosen, results, columns)
+    comparisons = paired_comparisons(summary, columns)
     text = markdown_table(summary, columns)
+    paired = comparisons_markdown(comparisons, columns)
     command = "unigame " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     record = {
+        "title": title,
         "table": table,
+        "figure": figure,
         "split": split,
         "seeds": seed_list,
         "steps": steps,
         "model": str(model_path),
         "recipe": recipe or "built-in tiny recipe (configs/shapes_tiny_unigame.yaml)",
         "overrides": parse_set(set or []),
-        "rows": {r.name: {"label": r.label, "overrides": dict(r.overrides)} for r in chosen},
+        "best": parse_set(best or []),
+        "rows": {r.name: {"label": r.label, "overrides": r.overrides_for(base_recipe)} for r in chosen},
+        "sweeps": [{"name": s.name, "label": s.label, "values": v, "rows": n} for s, v, n in panels],
+        "columns": [list(c) for c in columns],
         "summary": summary,
+        "comparisons": comparisons,
         "results": results,
         "machine": machine_description(workers, threads),
         "wall_s": wall,
@@ -453,21 +956,47 @@ def reproduce(
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"table-{table}.json").write_text(json.dumps(record, indent=2))
-    (out / f"table-{table}.md").write_text(results_markdown(record, text))
-    console.print("\n" + text)
-    console.print(f"\nWrote {out / f'table-{table}.md'} and table-{table}.json ({wall / 60:.1f} min)")
+    written = [out / f"{name}.md", out / f"{name}.json"]
+    if panels:
+        written.append(plot_sweeps(out / f"{name}.png", title, panels, summary, columns))
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
+    (out / f"{name}.md").write_text(
+        results_markdown(record, text, paired, plot=written[2].name if panels else None)
+    )
+    console.print("\n" + text + ("\n\n" + paired if paired else ""))
+    console.print(f"\nWrote {', '.join(str(p) for p in written)} ({wall / 60:.1f} min)")
     return record
 
 
-def results_markdown(record: Mapping[str, Any], table: str) -> str:
-    """The results file: the table, then how it was made (command, seeds, split, machine, time)."""
+def results_markdown(record: Mapping[str, Any], table: str, paired: str = "", plot: str | None = None) -> str:
+    """The results file: the table, the paired comparisons, the plot, then how it was made
+    (command, seeds, split, machine, time)."""
     extra = ", ".join(f"{k}={v}" for k, v in record["overrides"].items()) or "none"
-    return (
-        f"# Table {record['table']} on ShapesWorld ({record['split']} split)\n\n"
-        f"{table}\n\n"
+    has_eps = any(key == LEARNED_EPS[1] for _, key in record.get("columns", []))
+    parts = [
+        f"# {record['title']}\n",
+        table + "\n",
         f"Percent (x100 for cosines); mean ± sample std over training seeds {record['seeds']} "
-        f"(`cfg.seed` = `data.split_seed` = seed); rows with one value are deterministic.\n\n"
+        f"(`cfg.seed` = `data.split_seed` = seed); rows with one value are deterministic."
+        + (
+            " Learned ε: the gate's final value (not x100), – for rows without a perturber."
+            if has_eps
+            else ""
+        )
+        + "\n",
+    ]
+    if paired:
+        parts += [
+            "## Paired differences\n",
+            paired + "\n",
+            "Each cell: the mean difference (row − reference, percentage points) over the training seeds "
+            "both rows have, ± its standard error (sample std / sqrt(pairs)), then the two-sided "
+            "p-values of the paired t-test (df pairs − 1) and of the exact sign test (which cannot go "
+            "below 2^(1 − pairs): 0.25 with 3 seeds). No correction for the many comparisons is applied.\n",
+        ]
+    if plot:
+        parts.append(f"![{record['title']}]({plot})\n")
+    parts.append(
         f"* command: `{record['command']}`\n"
         f"* steps per run: {record['steps']}; recipe: {record['recipe']}; extra overrides: {extra}\n"
         f"* base model: `{record['model']}`\n"
@@ -478,3 +1007,4 @@ def results_markdown(record: Mapping[str, Any], table: str) -> str:
         f"it reports took {sum(r['train_s'] + r['eval_s'] for r in record['results']) / 60:.1f} min of "
         "training + evaluation in all (summed over runs, as recorded when they ran)\n"
     )
+    return "\n".join(parts)

@@ -69,3 +69,16 @@ def test_reproduce_names_an_unknown_row():
     with pytest.raises(SystemExit) as exit_info:
         main(["reproduce", "--table", "main", "--rows", "[noise]"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_reproduce_figure_trains_the_sweep_and_plots_it_against_sft(demo_dir, tmp_path):
+    main(["reproduce", "--figure", "budget", "--values", "0.05", "--seeds", "1", "--steps", "2",
+          "--model", str(demo_dir / "base"), "--output", str(tmp_path), "--quick", "--workers", "1"])  # fmt: skip
+    record = json.loads((tmp_path / "figure-budget.json").read_text())
+    assert [(r["row"], r["seed"]) for r in record["results"]] == [("sft", 0), ("budget-0.05", 0)]
+    assert "eps_init: 0.025" in (tmp_path / "budget-0.05" / "seed-0" / "run" / "config.yaml").read_text()
+    learned = record["summary"][1]["cells"]["learned ε"]["values"]
+    assert len(learned) == 1 and 0 < learned[0] < 0.05  # the gate's last value, inside its bound
+    assert (tmp_path / "figure-budget.png").read_bytes().startswith(b"\x89PNG")
+    assert "| ε_max = 0.05 − SFT | 1 |" in (tmp_path / "figure-budget.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,22 @@ import pytest
 from unigame.game.config import TrainConfig
 from unigame.reproduce import (
     COLUMNS,
+    FIGURE_COLUMNS,
+    LABEL_VALIDITY,
+    LEARNED_EPS,
     TABLES,
     apply_overrides,
+    comparisons_markdown,
+    figure_rows,
     markdown_table,
+    paired_comparisons,
+    paired_stats,
     parse_set,
     plan_jobs,
+    sign_test_p,
     summarize,
+    t_test_p,
+    table_rows,
 )
 
 
@@ -45,28 +56,194 @@ def test_parse_set_reads_yaml_values_and_rejects_malformed_items():
         parse_set(["game.eps_max"])
 
 
-def test_table4_rows_are_the_papers_ablation_switches():
+def test_table4_rows_are_the_papers_ablation_switches_and_the_controls():
     rows = {row.name: row for row in TABLES["4"]}
-    assert len(rows) == 10
+    assert len(rows) == 13
     switches = {
-        name: (cfg.game.enabled, cfg.game.adversary, cfg.game.filter, cfg.game.buffer)
+        name: (cfg.game.enabled, cfg.game.adversary, cfg.game.mining, cfg.game.filter, cfg.game.buffer)
         for name, row in rows.items()
-        if row.trains
-        for cfg in [apply_overrides(TrainConfig(), row.overrides).validate()]
+        if row.trains and name not in CONTROLS
+        for cfg in [apply_overrides(TrainConfig(), row.overrides_for(TrainConfig())).validate()]
     }
     assert switches == {
-        "sft": (False, "decoder", "clip", True),  # game off: the rest is unused
-        "noise": (True, "noise", "none", False),
-        "embedding": (True, "embedding", "none", False),
-        "embedding-cosine": (True, "embedding", "cosine", False),
-        "embedding-cosine-buffer": (True, "embedding", "cosine", True),
-        "decoding": (True, "decoder", "none", False),
-        "decoding-cosine": (True, "decoder", "cosine", False),
-        "decoding-clip": (True, "decoder", "clip", False),
-        "full": (True, "decoder", "clip", True),
+        "sft": (False, "decoder", "decoder", "clip", True),  # game off: the rest is unused
+        "noise": (True, "noise", "decoder", "none", False),
+        "embedding": (True, "embedding", "decoder", "none", False),
+        "embedding-cosine": (True, "embedding", "decoder", "cosine", False),
+        "embedding-cosine-buffer": (True, "embedding", "decoder", "cosine", True),
+        "decoding": (True, "decoder", "decoder", "none", False),
+        "decoding-cosine": (True, "decoder", "decoder", "cosine", False),
+        "decoding-clip": (True, "decoder", "decoder", "clip", False),
+        "full": (True, "decoder", "decoder", "clip", True),
+        # official-style mining: text-to-image from the question, the embedding adversary's δ
+        # injected; the CLIP filter scores those generated images, so it stays valid here.
+        "official": (True, "embedding", "official", "clip", True),
     }
     assert not rows["baseline"].trains
     assert [r.name for r in TABLES["main"]] == ["baseline", "sft", "full"]
+
+
+# Rows whose keys (data.extra_clean_items, game.eps_max=0) a config may not know yet: checked by
+# their overrides here, and through plan_jobs by the test below once the config accepts them.
+CONTROLS = ("sft-equal", "eps0")
+
+
+def _accepts(overrides) -> bool:
+    try:
+        apply_overrides(TrainConfig(), overrides).validate()
+    except ValueError:
+        return False
+    return True
+
+
+def test_control_rows_derive_their_overrides_from_the_recipe():
+    rows = {row.name: row for row in TABLES["4"]}
+    recipe = TrainConfig()
+    assert rows["sft-equal"].overrides_for(recipe) == {"game.enabled": False, "data.extra_clean_items": 16}
+    recipe.data.batch_size = 8  # the replay batch defaults to the batch
+    assert rows["sft-equal"].overrides_for(recipe)["data.extra_clean_items"] == 8
+    recipe.game.replay_batch = 5
+    assert rows["sft-equal"].overrides_for(recipe)["data.extra_clean_items"] == 5
+    assert rows["eps0"].overrides_for(recipe) == {"game.eps_max": 0.0}
+    assert "sft-equal" in [r.name for r in TABLES["confirm"]] and "eps0" in [
+        r.name for r in TABLES["confirm"]
+    ]
+
+
+@pytest.mark.skipif(
+    not all(_accepts(r.overrides_for(TrainConfig())) for r in TABLES["4"] if r.name in CONTROLS),
+    reason="this config does not accept data.extra_clean_items or game.eps_max=0 yet",
+)
+def test_plan_jobs_gives_the_control_rows_their_settings(tmp_path):
+    recipe = apply_overrides(TrainConfig(), {"data.batch_size": 6})
+    rows = [r for r in TABLES["4"] if r.name in CONTROLS]
+    jobs = plan_jobs(rows, [0], recipe, tmp_path / "base", tmp_path / "out")
+    by_row = {j.row: j.cfg for j in jobs}
+    assert not by_row["sft-equal"].game.enabled and by_row["sft-equal"].data.extra_clean_items == 6
+    assert by_row["eps0"].game.enabled and by_row["eps0"].game.eps_max == 0
+
+
+def test_confirm_table_adds_best_as_full_plus_the_given_overrides(tmp_path):
+    best = parse_set(["game.eps_max=0.1", "game.beta=1.0"])
+    rows = table_rows("confirm", best)
+    assert [r.name for r in rows] == ["baseline", "sft", "sft-equal", "eps0", "full", "best"]
+    assert rows[-1].label == "best: full + game.eps_max=0.1, game.beta=1.0"
+    jobs = plan_jobs([rows[-1]], [2], TrainConfig(), tmp_path / "base", tmp_path / "out")
+    cfg = jobs[0].cfg
+    assert (cfg.game.enabled, cfg.game.eps_max, cfg.game.beta, cfg.game.adversary) == (
+        True,
+        0.1,
+        1.0,
+        "decoder",
+    )
+    with pytest.raises(ValueError, match="--table confirm needs --best"):
+        table_rows("confirm")
+    with pytest.raises(ValueError, match="--best applies to --table confirm only"):
+        table_rows("4", best)
+
+
+def test_figure_rows_sweep_one_setting_each_beside_one_sft_reference(tmp_path):
+    recipe = apply_overrides(TrainConfig(), {"optim.und_lr": 2e-3})
+    out = tmp_path / "out"
+
+    def planned(figure, **kwargs):
+        jobs = plan_jobs(figure_rows(figure, **kwargs), [0], recipe, tmp_path / "base", out, split="val")
+        assert jobs[0].row == "sft" and not jobs[0].cfg.game.enabled  # the shared reference band
+        assert jobs[0].run_dir == str(out / "sft" / "seed-0" / "run")  # the same runs for every figure
+        return {j.row: j.cfg for j in jobs[1:]}
+
+    budget = planned("budget")
+    assert list(budget) == [f"budget-{v:g}" for v in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)]
+    assert all(
+        c.game.eps_init == c.game.eps_max / 2 and c.game.adversary == "decoder" for c in budget.values()
+    )
+    noise = planned("noise", values=[0.05, 0.5])
+    assert {
+        n: (c.game.adversary, c.game.filter, c.game.buffer, c.game.eps_max) for n, c in noise.items()
+    } == {
+        "noise-0.05": ("noise", "none", False, 0.05),
+        "noise-0.5": ("noise", "none", False, 0.5),
+    }
+    beta = planned("beta", percentiles=[50.0])
+    assert {n: (c.game.beta, c.game.percentile) for n, c in beta.items()} == {
+        "beta-0.1": (0.1, 60.0), "beta-0.25": (0.25, 60.0), "beta-0.5": (0.5, 60.0),
+        "beta-1": (1.0, 60.0), "beta-2": (2.0, 60.0), "tau-50": (0.5, 50.0),
+    }  # fmt: skip
+    lr = planned("lr")
+    assert {n: c.optim.gen_lr for n, c in lr.items()} == pytest.approx(
+        {"lr-25": 0.05, "lr-100": 0.2, "lr-250": 0.5, "lr-1000": 2.0}
+    )  # ratio x the recipe's und_lr
+    assert all(c.optim.und_lr == 2e-3 for c in lr.values())
+    with pytest.raises(ValueError, match="--percentiles applies to --figure beta only"):
+        figure_rows("lr", percentiles=[40.0])
+    with pytest.raises(ValueError, match="distinct"):
+        figure_rows("budget", values=[0.1, 0.1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"figure": "budget", "split": "test"}, "val split only.*--table confirm"),
+        ({"figure": "beta", "rows": ["sft"]}, "--rows and --best apply to --table"),
+        ({"table": "4", "figure": "lr"}, "not both"),
+        ({"table": "main", "values": [0.1]}, "--values applies to --figure only"),
+    ],
+)
+def test_reproduce_refuses_contradictory_requests_before_any_work(kwargs, message, tmp_path):
+    from unigame.reproduce import reproduce
+
+    with pytest.raises(ValueError, match=message):
+        reproduce(model=str(tmp_path / "no-base"), output=str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_test_split_figure_with_its_reason(capsys):
+    from unigame.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--figure", "noise", "--split", "test"])
+    assert exit_info.value.code == 2
+    assert "--figure noise runs on the val split only" in capsys.readouterr().err
+
+
+def test_reproduce_help_renders_the_tables_and_figures(capsys):
+    from unigame.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    for flag in ("--table", "--figure", "--best", "--values", "--percentiles", "--split", "--set"):
+        assert flag in shown
+
+
+def test_space_separated_list_flags_become_one_list():
+    from unigame.cli import _space_separated_lists
+
+    assert _space_separated_lists(
+        [
+            "reproduce",
+            "--best",
+            "game.eps_max=0.1",
+            "game.beta=1.0",
+            "--values",
+            "0.02",
+            "0.1",
+            "--quick",
+            "true",
+        ]
+    ) == [
+        "reproduce",
+        "--best",
+        '["game.eps_max=0.1","game.beta=1.0"]',
+        "--values",
+        "[0.02,0.1]",
+        "--quick",
+        "true",
+    ]
+    assert _space_separated_lists(["reproduce", "--rows", "[sft,full]", "--seeds", "2"]) == [
+        "reproduce", "--rows", "[sft,full]", "--seeds", "2",
+    ]  # fmt: skip
 
 
 def test_plan_jobs_one_baseline_eval_and_one_run_per_row_and_seed(tmp_path):
@@ -172,3 +349,173 @@ def test_a_failing_job_does_not_stop_the_grid_and_is_named_with_its_log(tmp_path
     ):
         grid.run_jobs(jobs, workers=1)
     assert ran == ["sft", "noise"]  # the second job still ran
+
+
+# ---------------------------------------------------------------------------- paired statistics
+# Student's (1908) sleep data, the classic paired example: extra hours of sleep of 10 patients
+# under two drugs; the differences (drug 2 - drug 1), as in R's `sleep` data set.
+SLEEP_DIFFERENCES = [1.2, 2.4, 1.3, 1.3, 0.0, 1.0, 1.8, 0.8, 4.6, 1.4]
+
+
+def test_paired_stats_pin_the_sleep_data():
+    stats = paired_stats(SLEEP_DIFFERENCES)
+    # R: t.test(extra ~ group, data = sleep, paired = TRUE) gives t = -4.0621, df = 9,
+    # p-value = 0.002833, mean difference -1.58 (group 1 - group 2); se = 1.58 / 4.0621.
+    assert stats["n"] == 10 and stats["mean"] == pytest.approx(1.58)
+    assert stats["t"] == pytest.approx(4.0621, abs=1e-4)
+    assert stats["se"] == pytest.approx(1.58 / 4.0621, rel=1e-4)
+    assert stats["p_t"] == pytest.approx(0.002833, abs=1e-6)
+    # R: binom.test(9, 9) (9 positive differences, the zero dropped): p-value = 0.003906 = 2 / 2^9.
+    assert stats["p_sign"] == pytest.approx(2 / 2**9)
+
+
+@pytest.mark.parametrize(
+    ("t", "df", "p"),
+    [
+        (1.0, 1, 1 - 2 / math.pi * math.atan(1.0)),  # df 1 (Cauchy): P(|T| > t) = 1 - 2 atan(t) / π = 0.5
+        (2 * math.sqrt(3), 2, 1 - math.sqrt(6 / 7)),  # df 2: P(|T| > t) = 1 - t / sqrt(2 + t²)
+        (12.706, 1, 0.05),  # two-sided 5% critical values of Student's t tables (3 decimals)
+        (4.303, 2, 0.05),
+        (3.182, 3, 0.05),
+        (2.776, 4, 0.05),
+        (2.228, 10, 0.05),
+        (0.0, 7, 1.0),
+    ],
+)
+def test_t_test_p_known_values(t, df, p):
+    assert t_test_p(t, df) == pytest.approx(p, abs=2e-4 if p == 0.05 else 1e-12)
+    assert t_test_p(-t, df) == pytest.approx(t_test_p(t, df))
+
+
+def test_sign_test_p_counts_non_zero_differences():
+    assert sign_test_p([1.0, 2.0, 3.0]) == 0.25  # 2 x (1/2)^3
+    assert sign_test_p([1.0, -1.0, 2.0]) == 1.0  # 2 x (1 + 3) / 8, capped
+    assert sign_test_p([0.0, 0.0]) == 1.0
+    assert sign_test_p([1.0, 1.0, 1.0, 1.0, 1.0, -1.0]) == pytest.approx(2 * 7 / 64)  # 2 P(X <= 1), n 6
+
+
+def test_paired_stats_of_one_pair_or_no_spread():
+    assert paired_stats([2.0]) == {"n": 1, "mean": 2.0, "se": None, "t": None, "p_t": None, "p_sign": 1.0}
+    assert paired_stats([2.0, 2.0])["p_t"] == 0.0 and paired_stats([0.0, 0.0])["p_t"] == 1.0
+
+
+# ---------------------------------------------------------------- summaries of synthetic grids
+def _fake_run(
+    path: Path, eps: list[str] | None = None, validity: dict | None = None, csv_validity=None
+) -> str:
+    """A run folder with the metrics.csv columns the summary reads (eps; label validity)."""
+    path.mkdir(parents=True)
+    header = ["step", "eps"] + (["label_valid_mined"] if csv_validity else [])
+    lines = [",".join(header)]
+    for i, value in enumerate(eps or ["", ""]):
+        lines.append(",".join([str(i + 1), value] + ([str(csv_validity[i])] if csv_validity else [])))
+    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if validity is not None:
+        (path / "label_validity.json").write_text(json.dumps(validity))
+    return str(path)
+
+
+def _result(tmp_path: Path, row: str, seed: int, clean: float, **run) -> dict:
+    root = tmp_path / row / f"seed-{seed}"
+    return {
+        "row": row,
+        "seed": seed,
+        "eval_dir": _fake_eval(root / "eval", clean, 0.1),
+        "run_dir": _fake_run(root / "run", **run),
+        "train_s": 1,
+        "eval_s": 1,
+    }
+
+
+def test_summary_pairs_every_trained_row_with_sft_and_sft_equal_by_seed(tmp_path):
+    rows = table_rows("confirm", {"game.beta": 1.0})
+    rows = [r for r in rows if r.name in ("baseline", "sft", "sft-equal", "full")]
+    columns = COLUMNS["4"][:1] + (LEARNED_EPS,) + LABEL_VALIDITY
+    results = [{"row": "baseline", "seed": -1, "eval_dir": _fake_eval(tmp_path / "b", 0.5, 0.1), "run_dir": None,
+                "train_s": 0, "eval_s": 1}]  # fmt: skip
+    results += [_result(tmp_path, "sft", s, c) for s, c in [(0, 0.60), (1, 0.62), (2, 0.61)]]
+    results += [
+        _result(tmp_path, "sft-equal", s, c, csv_validity=[0.5, 1.0]) for s, c in [(0, 0.61), (1, 0.61)]
+    ]
+    validity = {"label_valid_mined": 0.9, "label_valid_inserted": 0.8, "label_valid_rejected": 0.25}
+    results += [
+        _result(tmp_path, "full", s, c, eps=["0.01", e], validity=validity)
+        for s, c, e in [(0, 0.61, "0.012"), (1, 0.64, "0.016"), (2, 0.64, "")]
+    ]  # seed 2's last row has no ε: the last logged one counts
+    summary = summarize(rows, results, columns)
+    by_row = {e["row"]: e["cells"] for e in summary}
+    assert by_row["full"]["learned ε"]["values"] == pytest.approx([0.012, 0.016, 0.01])
+    assert by_row["sft"]["learned ε"]["mean"] is None  # SFT logs no ε
+    assert by_row["full"]["label valid: mined"]["mean"] == pytest.approx(90.0)  # label_validity.json, x100
+    assert by_row["sft-equal"]["label valid: mined"]["mean"] == pytest.approx(75.0)  # metrics.csv mean, x100
+    assert by_row["baseline"]["label valid: mined"]["mean"] is None
+
+    comparisons = paired_comparisons(summary, columns)
+    assert [(c["row"], c["reference"], c["n"]) for c in comparisons] == [
+        ("sft-equal", "sft", 2), ("full", "sft", 3), ("full", "sft-equal", 2),
+    ]  # fmt: skip
+    full_vs_sft = comparisons[1]["cells"]
+    assert list(full_vs_sft) == ["clean VQA"]  # run columns are not compared: SFT has no ε
+    # Differences 1, 2, 3 points: mean 2, sample std 1, se 1/sqrt(3); t = 2 sqrt(3) on df 2, where
+    # P(|T| > t) = 1 - t / sqrt(2 + t^2) = 1 - sqrt(6/7) = 0.07418; sign test 2 / 2^3 = 0.25.
+    cell = full_vs_sft["clean VQA"]
+    assert cell["mean"] == pytest.approx(2.0) and cell["se"] == pytest.approx(1 / math.sqrt(3))
+    assert cell["p_t"] == pytest.approx(1 - math.sqrt(6 / 7)) and cell["p_sign"] == 0.25
+    assert comparisons[2]["cells"]["clean VQA"]["mean"] == pytest.approx(1.5)  # seeds 0 and 1 only: 0, 3
+
+    table = markdown_table(summary, columns)
+    assert table.splitlines()[0] == (
+        "| row | seeds | clean VQA | learned ε | label valid: mined | label valid: inserted | label valid: rejected |"
+    )
+    assert (
+        "| full: decoding + CLIP + buffer (UniGame) | 3 | 63.0 ± 1.7 | 0.0127 ± 0.00306 | 90.0 ± 0.0 |"
+        in table
+    )
+    assert "| SFT | 3 | 61.0 ± 1.0 | – | – |" in table
+    lines = comparisons_markdown(comparisons, columns).splitlines()
+    assert lines[0] == "| row − reference | pairs | clean VQA |"
+    assert lines[3] == "| full: decoding + CLIP + buffer (UniGame) − SFT | 3 | +2.0 ± 0.6 (p 0.074 / 0.250) |"
+
+
+def test_summary_leaves_out_label_validity_columns_no_run_recorded(tmp_path):
+    rows = [r for r in TABLES["main"] if r.name == "sft"]
+    results = [_result(tmp_path, "sft", 0, 0.6)]
+    summary = summarize(rows, results, COLUMNS["4"][:1] + LABEL_VALIDITY)
+    assert (
+        markdown_table(summary, COLUMNS["4"][:1] + LABEL_VALIDITY).splitlines()[0]
+        == "| row | seeds | clean VQA |"
+    )
+
+
+def test_a_figure_run_writes_its_plot_table_and_record(tmp_path, monkeypatch):
+    """The whole `--figure budget` path with training and evaluation replaced by files on disk."""
+    from unigame import reproduce as grid
+
+    clean = {"sft": 0.60, "budget-0.02": 0.62, "budget-0.1": 0.58}
+
+    def fake_run_job(job):
+        assert job.eval_seed == 1 and job.eval_dir.endswith("eval-val")
+        _fake_eval(Path(job.eval_dir), clean[job.row] + job.seed / 100, 0.1)
+        eps = [] if job.cfg is None or not job.cfg.game.enabled else [str(job.cfg.game.eps_init * 1.5)]
+        _fake_run(Path(job.run_dir), eps=eps or None, validity={"label_valid_mined": 0.5} if eps else None)
+        return {"row": job.row, "seed": job.seed, "eval_dir": job.eval_dir, "run_dir": job.run_dir,
+                "reused": False, "train_s": 1.0, "eval_s": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(grid, "run_job", fake_run_job)
+    out = tmp_path / "figures"
+    record = grid.reproduce(figure="budget", values=[0.02, 0.1], seeds=2, steps=2, model=str(tmp_path / "base"),
+                            output=str(out), workers=1)  # fmt: skip
+    assert [(r["row"], r["seed"]) for r in record["results"]] == [
+        ("sft", 0), ("sft", 1), ("budget-0.02", 0), ("budget-0.02", 1), ("budget-0.1", 0), ("budget-0.1", 1),
+    ]  # fmt: skip
+    assert record["split"] == "val" and record["sweeps"][0]["values"] == [0.02, 0.1]
+    assert record["rows"]["budget-0.1"]["overrides"] == {"game.eps_max": 0.1, "game.eps_init": 0.05}
+    png = (out / "figure-budget.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    text = (out / "figure-budget.md").read_text()
+    assert text.startswith("# Figure budget: perturbation budget")
+    assert "| ε_max = 0.1 | 2 | 58.5 ± 0.7 |" in text and "| 0.075 ± 0 | 50.0 ± 0.0 |" in text
+    assert "| ε_max = 0.02 − SFT | 2 | +2.0 ± 0.0 (p <0.001 / 0.500) |" in text
+    assert "![Figure budget" in text and "figure-budget.png" in text and "seeds [0, 1]" in text
+    assert json.loads((out / "figure-budget.json").read_text())["comparisons"][0]["reference"] == "sft"
+    assert [c for c, _ in FIGURE_COLUMNS] == [label for label, _ in record["columns"][: len(FIGURE_COLUMNS)]]
