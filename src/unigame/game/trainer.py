@@ -56,11 +56,13 @@ from unigame.game.signals import StopRequest
 __all__ = ["METRICS", "HardBatch", "NonFiniteRunError", "UniGameTrainer", "attach_lora"]
 
 # Per-step metrics, in CSV column order. ce_hard is the replayed buffer batch (or, with the buffer
-# off, this step's selected candidates); attack_success_rate is measured every logging.log_every.
+# off, this step's selected candidates); ce_extra the SFT control's extra clean items;
+# attack_success_rate is measured every logging.log_every.
 METRICS: tuple[str, ...] = (
     "loss_understand",
     "ce_clean",
     "ce_hard",
+    "ce_extra",
     "ce_adv",
     "loss_challenge",
     "reg",
@@ -150,6 +152,7 @@ class UniGameTrainer:
         self.opt_challenger: torch.optim.Optimizer | None = None
         self.logger: MetricsLogger | None = None
         self._last_selection: HardBatch | None = None  # buffer off: this step's selected candidates
+        self.extra_batches: RecordBatches | None = None  # SFT control: data.extra_clean_items per step
         self._progress: Any = None
         self.dist = Distributed()  # one process until `setup` reads the launcher's environment
 
@@ -221,6 +224,8 @@ class UniGameTrainer:
             self.device,
             shard=self.dist.shard,
         )
+        if cfg.data.extra_clean_items:
+            self.extra_batches = self._extra_clean_stream()
         self._record_index = {r.id: i for i, r in enumerate(self.records)}
         probe = self.batches.batch([0]).pixels  # (1, 3, H, W): sizes the perturber and checks image size
         self._check_image_size(probe)
@@ -313,6 +318,17 @@ class UniGameTrainer:
             stacklevel=3,
         )
 
+    def _extra_clean_stream(self) -> RecordBatches:
+        """The SFT control's second stream: data.extra_clean_items clean items per process and step,
+        over the same records in their own seeded order (data.split_seed + 1)."""
+        data, world = self.cfg.data, self.dist.world_size
+        if data.extra_clean_items * world > len(self.records):
+            raise ValueError(
+                f"data.extra_clean_items={data.extra_clean_items} x {world} process(es) exceeds the "
+                f"{len(self.records)} training records; lower it or raise data.train_items."
+            )
+        return self.batches.stream(data.extra_clean_items * world, data.split_seed + 1)
+
     def _check_image_size(self, probe: Tensor) -> None:
         expected = getattr(self.adapter, "image_size", None)
         if isinstance(expected, int) and probe.shape[-1] != expected:
@@ -335,6 +351,8 @@ class UniGameTrainer:
         while self.step < last and not stop:
             start = time.perf_counter()
             batch = next(self.batches)  # Alg. 1 l.2: sample (x, q, a) from the data
+            # SFT with equal examples per update (game off): more clean items, from a second stream.
+            extra = next(self.extra_batches) if self.extra_batches is not None else None
             metrics: dict[str, float] = {}
             with self._autocast():
                 # Alg. 1 l.3: clean understanding tokens Enc(x); Enc is frozen, so computed once.
@@ -353,7 +371,7 @@ class UniGameTrainer:
                     if self.step % game.mine_every == 0:
                         self.mine(batch, clean, attack, metrics)
                 # Alg. 1 l.10-12, understand step: LoRA descends L_U = CE_clean + β·CE_hard.
-                if not self.understand_step(batch, clean_tokens, metrics):
+                if not self.understand_step(batch, clean_tokens, metrics, extra):
                     self._skip_step(metrics, start)
                     continue
             self.step += 1
@@ -362,7 +380,8 @@ class UniGameTrainer:
 
     def challenge_step(self, batch: Batch, clean: Tensor, metrics: dict[str, float]) -> Attack | None:
         """Update the perturber by ascent on L_C; return the (last) forward's detached attack, or None
-        when L_C is not finite (nothing is updated then)."""
+        when L_C is not finite (nothing is updated then). With game.eps_max 0 (the ε = 0 control) δ ≡ 0:
+        one forward gives the CE of the unperturbed candidate and the perturber is never updated."""
         game, grad_clip = self.cfg.game, self.cfg.optim.grad_clip
         attack = None
         for _ in range(game.challenge_steps):
@@ -371,6 +390,8 @@ class UniGameTrainer:
             loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
             if not self._finite(loss_challenge):
                 return None
+            if game.eps_max == 0:  # the ε = 0 control: nothing to ascend (no backward, no optimiser step)
+                break
             self.opt_challenger.zero_grad(set_to_none=True)
             # Ascent; `inputs=` keeps this backward out of LoRA's gradients (U does not move here).
             (-loss_challenge).backward(inputs=self.challenger_parameters)
@@ -420,9 +441,12 @@ class UniGameTrainer:
         metrics.update(filter_pass_rate=stats.n_passed_filter / len(ids), tau=stats.tau, mined=stats.n_pushed)
         return stats
 
-    def understand_step(self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float]) -> bool:
+    def understand_step(
+        self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float], extra: Batch | None = None
+    ) -> bool:
         """Update LoRA by descent on L_U = CE_clean + β·CE_hard over one mixed batch; False when L_U
-        is not finite. Clean and hard items go through the language model together."""
+        is not finite. Clean and hard items go through the language model together. The SFT control
+        `extra` (game off, data.extra_clean_items) takes the hard term's place: CE_clean + β·CE_extra."""
         cfg = self.cfg
         hard = self.hard_batch() if cfg.game.enabled else None
         tokens, questions, answers = clean_tokens, batch.questions, batch.answers  # (B, N_u, D_u)
@@ -430,6 +454,10 @@ class UniGameTrainer:
             hard_tokens = self.miner.replay_tokens(self.adapter, hard.latents, hard.pixels)  # (K, N_u, D_u)
             tokens = torch.cat([clean_tokens, hard_tokens.to(clean_tokens.dtype)])  # (B+K, N_u, D_u)
             questions, answers = questions + hard.questions, answers + hard.answers
+        if extra is not None:
+            extra_tokens = self.adapter.visual_tokens(extra.pixels)  # (E, N_u, D_u), frozen Enc
+            tokens = torch.cat([clean_tokens, extra_tokens.to(clean_tokens.dtype)])  # (B+E, N_u, D_u)
+            questions, answers = questions + extra.questions, answers + extra.answers
         n_clean = clean_tokens.shape[0]
         for _ in range(cfg.game.understand_steps):  # the SFT baseline makes as many LoRA updates
             ce = self.adapter.understanding_loss_from_tokens(tokens, questions, answers).float()  # (B+K,)
@@ -437,6 +465,8 @@ class UniGameTrainer:
             loss_understand = ce_clean.mean()
             if hard is not None:
                 loss_understand = loss_understand + cfg.game.beta * self._hard_mean(ce_hard, hard)
+            if extra is not None:  # every rank holds the same number of extra items: a plain mean
+                loss_understand = loss_understand + cfg.game.beta * ce[n_clean:].mean()
             if not self._finite(loss_understand):
                 return False
             self.opt_understand.zero_grad(set_to_none=True)
@@ -449,6 +479,8 @@ class UniGameTrainer:
         metrics.update(
             loss_understand=float(loss_understand.detach()), ce_clean=float(ce_clean.detach().mean())
         )
+        if extra is not None:
+            metrics["ce_extra"] = float(ce[n_clean:].detach().mean())
         if hard is not None:
             metrics["ce_hard"] = float(self._hard_mean(ce_hard.detach(), hard))
             if hard.slots is not None:
@@ -620,6 +652,8 @@ class UniGameTrainer:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
         }
+        if self.extra_batches is not None:
+            meta["data_extra"] = self.extra_batches.state_dict()
         if self.cfg.game.enabled:
             tensors.update({f"perturber.{k}": v for k, v in self.perturber.state_dict().items()})
             challenger_tensors, meta["optim"]["challenger"] = optimizer_state(
@@ -746,12 +780,24 @@ class UniGameTrainer:
                     }
                 )
         self.batches.load_state_dict(meta["data"])
+        if self.extra_batches is not None:
+            self._restore_extra_stream(meta, ckpt.path)
         self.step = int(meta["step"])
         self.nonfinite_steps = int(meta["nonfinite_steps"])
         self.nonfinite_streak = int(meta.get("nonfinite_streak", 0))  # absent in older checkpoints
         restore_rng(tensors, meta["rng"])  # last: nothing after this may draw random numbers
         self._restore_rank_rng(tensors, int(meta.get("world_size", 1)))  # ranks > 0: their own streams
         return self.step
+
+    def _restore_extra_stream(self, meta: dict[str, Any], path: Path) -> None:
+        if "data_extra" in meta:
+            self.extra_batches.load_state_dict(meta["data_extra"])
+            return
+        warnings.warn(
+            f"checkpoint {path} has no extra clean stream (written with data.extra_clean_items 0); "
+            f"this run's data.extra_clean_items={self.cfg.data.extra_clean_items} stream starts at its beginning.",
+            stacklevel=3,
+        )
 
     def _shard_optimizer_state(
         self, tensors: dict[str, Tensor], prefix: str, optimizer: torch.optim.Optimizer
