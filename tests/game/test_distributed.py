@@ -120,10 +120,16 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
     columns = ["loss_understand", "ce_clean"] + {
         "sft": [],
         "sft-extra": ["ce_extra"],
-        "unigame": ["ce_hard", "ce_adv", "tau", "buffer_size", "mined", "attack_success_rate", "eps"],
+        "unigame": ["ce_hard", "ce_adv", "tau", "buffer_size", "mined", "attack_success_rate", "eps"]
+        # each rank judges its own candidates; the counts are of the global batch
+        + ["label_valid_mined", "label_valid_inserted", "label_valid_rejected"],
     }[mode]
     for column in columns:
         np.testing.assert_allclose(two[column], single[column], rtol=1e-4, equal_nan=True, err_msg=column)
+    if mode == "unigame":
+        assert json.loads((two_process_runs / mode / "label_validity.json").read_text()) == json.loads(
+            (tmp_path / mode / "label_validity.json").read_text()
+        )
 
 
 def test_two_process_run_resumes_exactly(two_process_runs):

@@ -10,6 +10,7 @@ head) is frozen. `train()` is the algorithm; read it top to bottom.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 import warnings
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from unigame.data.local import BadRecord, write_bad_records
 from unigame.data.records import VQARecord
+from unigame.data.shapes import label_holds
 from unigame.game.adversary import (
     Attack,
     ChallengeMiner,
@@ -50,14 +52,16 @@ from unigame.game.distributed import Distributed, is_sharded, rank_seed
 from unigame.game.filters import SemanticFilter, SemanticScorer
 from unigame.game.perturber import perturbation_regulariser
 from unigame.game.protocol import UnifiedModel, check_unified_model
-from unigame.game.run_logging import MetricsLogger, hard_sample_panel, plot_training_curves
+from unigame.game.run_logging import LabelCounts, MetricsLogger, hard_sample_panel, plot_training_curves
 from unigame.game.signals import StopRequest
 
 __all__ = ["METRICS", "HardBatch", "NonFiniteRunError", "UniGameTrainer", "attach_lora"]
 
 # Per-step metrics, in CSV column order. ce_hard is the replayed buffer batch (or, with the buffer
 # off, this step's selected candidates); ce_extra the SFT control's extra clean items;
-# attack_success_rate is measured every logging.log_every.
+# attack_success_rate is measured every logging.log_every. label_valid_* (ShapesWorld, candidates
+# with pixels, mining steps): the share of mined candidates whose label the exact judge still reads
+# from x̃, of those inserted into the buffer (or selected), and of label-valid ones the filter rejects.
 METRICS: tuple[str, ...] = (
     "loss_understand",
     "ce_clean",
@@ -71,6 +75,9 @@ METRICS: tuple[str, ...] = (
     "filter_pass_rate",
     "tau",
     "mined",
+    "label_valid_mined",
+    "label_valid_inserted",
+    "label_valid_rejected",
     "attack_success_rate",
     "nonfinite_steps",
     "step_seconds",
@@ -153,6 +160,8 @@ class UniGameTrainer:
         self.logger: MetricsLogger | None = None
         self._last_selection: HardBatch | None = None  # buffer off: this step's selected candidates
         self.extra_batches: RecordBatches | None = None  # SFT control: data.extra_clean_items per step
+        self.label_counts = LabelCounts()  # the exact judge's label checks of mined candidates, run totals
+        self._judge_labels = False  # whether mining checks labels (ShapesWorld, candidates with pixels)
         self._progress: Any = None
         self.dist = Distributed()  # one process until `setup` reads the launcher's environment
 
@@ -268,6 +277,9 @@ class UniGameTrainer:
                 cosine_threshold=game.cosine_threshold,
             )
             self.buffer = HardSampleBuffer(game.capacity) if game.buffer else None
+            # ShapesWorld's exact judge can re-read a candidate image's label; token-space candidates
+            # and local data have nothing it can read.
+            self._judge_labels = cfg.data.source == "shapes" and self.miner.has_pixels
             self.challenger_parameters = [p for p in self.perturber.parameters() if p.requires_grad]
             self.opt_challenger = torch.optim.AdamW(
                 self.challenger_parameters, lr=cfg.optim.gen_lr, weight_decay=cfg.optim.weight_decay
@@ -377,6 +389,8 @@ class UniGameTrainer:
             self.step += 1
             self.nonfinite_streak = 0
             self._end_step(metrics, start)
+        if game.enabled and self.dist.is_main:
+            self.write_label_validity()
 
     def challenge_step(self, batch: Batch, clean: Tensor, metrics: dict[str, float]) -> Attack | None:
         """Update the perturber by ascent on L_C; return the (last) forward's detached attack, or None
@@ -416,14 +430,19 @@ class UniGameTrainer:
         )  # reuses the challenge forward's x̃ and H when mining: decoder
         passed = self.filter(candidates.clean_view, candidates.candidate_view, batch.texts).keep  # (B,)
         hardness = candidates.hardness  # (B,) per-sample CE
+        # Does x̃ still show the stored answer? The exact judge reads it back (ShapesWorld, pixels only).
+        valid = self._labels_hold(candidates.pixels, batch.questions, batch.answers)  # (B,) or None
         latents, ids, questions, answers = candidates.latents, batch.ids, batch.questions, batch.answers
         if self.dist.world_size > 1:  # every rank mines the global batch: one τ, one (replicated) buffer
             latents, hardness, passed, ids, questions, answers = self._global_candidates(
                 batch.ids, latents, hardness, passed
             )
+            if valid is not None:  # each rank judged its own images; all ranks count the global batch
+                valid = self.dist.gather(valid.double()) > 0  # (W·B,)
         if self.buffer is not None:
             payload = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
             stats = self.buffer.mine(latents, hardness, passed, ids, payload, percentile=game.percentile)
+            inserted = list(stats.inserted)
         else:
             tau = percentile_threshold(hardness, game.percentile)
             chosen = (passed.cpu() & (hardness.cpu() >= tau)).nonzero().flatten().tolist()
@@ -438,8 +457,20 @@ class UniGameTrainer:
                 )
             n_passed = int(passed.sum())
             stats = MineStats(tau, int((hardness >= tau).sum()), n_passed, len(chosen), len(chosen))
+            inserted = chosen
         metrics.update(filter_pass_rate=stats.n_passed_filter / len(ids), tau=stats.tau, mined=stats.n_pushed)
+        if valid is not None:
+            metrics.update(self.label_counts.add(valid, passed.cpu(), inserted))
         return stats
+
+    def _labels_hold(self, pixels: Tensor | None, questions: list[str], answers: list[str]) -> Tensor | None:
+        """(B,) bool: whether the exact judge still reads each stored answer from its candidate image;
+        None when it cannot tell (token-space candidates, data other than ShapesWorld)."""
+        if not self._judge_labels or pixels is None:
+            return None
+        images = pixels.detach().float().cpu().numpy()  # (B, 3, H, W) in [0, 1]
+        shapes = self.cfg.data.shapes
+        return torch.tensor([label_holds(x, q, a, shapes) for x, q, a in zip(images, questions, answers)])
 
     def understand_step(
         self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float], extra: Batch | None = None
@@ -655,6 +686,7 @@ class UniGameTrainer:
         if self.extra_batches is not None:
             meta["data_extra"] = self.extra_batches.state_dict()
         if self.cfg.game.enabled:
+            meta["label_validity"] = self.label_counts.state_dict()
             tensors.update({f"perturber.{k}": v for k, v in self.perturber.state_dict().items()})
             challenger_tensors, meta["optim"]["challenger"] = optimizer_state(
                 self.opt_challenger, "optim.challenger"
@@ -782,6 +814,8 @@ class UniGameTrainer:
         self.batches.load_state_dict(meta["data"])
         if self.extra_batches is not None:
             self._restore_extra_stream(meta, ckpt.path)
+        if self.cfg.game.enabled:  # older checkpoints have no label counts: the totals start here
+            self.label_counts.load_state_dict(meta.get("label_validity", {}))
         self.step = int(meta["step"])
         self.nonfinite_steps = int(meta["nonfinite_steps"])
         self.nonfinite_streak = int(meta.get("nonfinite_streak", 0))  # absent in older checkpoints
@@ -817,6 +851,15 @@ class UniGameTrainer:
 
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
+    def write_label_validity(self) -> Path:
+        """Write `<run>/label_validity.json`: the run's count-weighted label-validity shares (null when
+        nothing was measured) and the counts behind them, over every step so far (resumed runs included)."""
+        path = self.run_dir / "label_validity.json"
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps({"steps": self.step, **self.label_counts.summary()}, indent=2) + "\n")
+        partial.replace(path)  # atomic: a reader never sees half a file
+        return path
+
     def write_report(self) -> list[Path]:
         """PNG plots of the run's curves and a panel of the hardest samples (if `logging.plots`)."""
         if not self.cfg.logging.plots or not self.dist.is_main:
@@ -848,6 +891,7 @@ class UniGameTrainer:
                     decode(self.adapter, latents, clean) if decode else self.adapter.decode_latents(latents)
                 ).float()  # (K, 3, H, W) re-decoded z̃
                 predictions_adversarial = self.adapter.answer(adversarial, questions)
+        judged = self._labels_hold(adversarial, questions, answers)  # (K,) or None
         return hard_sample_panel(
             self.run_dir / "plots" / "hard_samples.png",
             clean,
@@ -857,6 +901,7 @@ class UniGameTrainer:
             predictions_clean,
             predictions_adversarial,
             hardness,
+            judged=None if judged is None else judged.tolist(),
         )
 
     def cleanup(self) -> None:
