@@ -26,6 +26,7 @@ from unigame.data.shapes import (
     judge,
     judge_matches,
     judge_scene,
+    label_holds,
     questions_for_scene,
     render,
     render_with_mask,
@@ -372,3 +373,38 @@ def test_corpus_covers_every_template_word() -> None:
             assert set(re.findall(r"[a-z0-9]+", (q + " " + a).lower())) <= vocab
         assert set(re.findall(r"[a-z0-9]+", caption(scene))) <= vocab
     assert corpus_texts(5, seed=3) == corpus_texts(5, seed=3)
+
+
+def test_label_holds_reads_the_answer_back_from_the_image() -> None:
+    scene = Scene(
+        (ShapeObject("circle", "red", "large", 0.25, 0.3), ShapeObject("square", "blue", "small", 0.75, 0.7))
+    )
+    image, index = render_with_mask(scene, CFG)  # (32, 32, 3) uint8, (32, 32) object index
+    pixels = image.transpose(2, 0, 1).astype(np.float32) / 255  # a model's (3, H, W) pixels in [0, 1]
+    kept = {
+        "What colour is the circle?": "red",
+        "How many objects are there?": "2",
+        "Is there a blue square?": "yes",
+        "Is the red circle left of the blue square?": "yes",
+    }
+    for question, answer in kept.items():  # a rendered scene keeps its labels, in every image layout
+        assert label_holds(image, question, answer, CFG), question
+        assert label_holds(pixels, question, answer, CFG), question
+        assert label_holds(pixels.transpose(1, 2, 0), question, answer, CFG), question
+    assert not label_holds(image, "What colour is the circle?", "blue", CFG)  # not the stored answer
+
+    painted = image.copy()
+    painted[index == 0] = scene.background  # the referent (the red circle) painted out
+    assert not label_holds(painted, "What colour is the circle?", "red", CFG)  # referent missing
+    assert not label_holds(painted, "How many objects are there?", "2", CFG)
+    assert not label_holds(painted, "Is there a red circle?", "yes", CFG)
+    assert label_holds(painted, "Is there a blue square?", "yes", CFG)  # the other object keeps it
+
+    recoloured = image.copy()
+    recoloured[index == 0] = PALETTE["green"]  # the circle's colour changed
+    assert not label_holds(recoloured, "What colour is the circle?", "red", CFG)
+    assert label_holds(recoloured, "What colour is the circle?", "green", CFG)
+    assert label_holds(recoloured, "How many objects are there?", "2", CFG)  # the count still holds
+
+    assert not label_holds(image, "Tell me a story.", "red", CFG)  # not a template
+    assert not label_holds(image, "What colour is the hexagon?", "red", CFG)  # unknown referent

@@ -1,7 +1,8 @@
 """One rank of the multi-process trainer test, started by `torchrun` from test_distributed.py.
 
-Runs, in one process group: SFT and UniGame for `--steps` steps with `--batch` items per rank, and a
-UniGame run interrupted after step 1, checkpointed and resumed. Rank 0 writes the trainable weights
+Runs, in one process group: SFT (also with one extra clean item per rank) and UniGame for `--steps`
+steps with `--batch` items per rank, and a UniGame run interrupted after step 1, checkpointed and
+resumed. Rank 0 writes the trainable weights
 (and the buffer's hardness and ids) of each run to `<out>/<name>.safetensors`.
 
 With `--fsdp` (ACCELERATE_USE_FSDP=true, the model with `FSDP_LAYERS` decoder layers): UniGame and the
@@ -38,9 +39,10 @@ UNIGAME = {"filter": "none", "capacity": 6, "percentile": 50.0}
 FSDP_LAYERS = 2  # decoder layers of the FSDP runs' model: more than one layer is sharded
 
 
-def config(steps: int, batch: int, dropout: float = 0.0, **game: object):
+def config(steps: int, batch: int, dropout: float = 0.0, extra: int = 0, **game: object):
     cfg = small_config(steps=steps, **game)
     cfg.data.batch_size = batch
+    cfg.data.extra_clean_items = extra  # per rank, like the batch
     cfg.model.lora_dropout = dropout  # dropout masks are drawn per rank: 0 makes the runs comparable
     return cfg
 
@@ -83,6 +85,7 @@ def main() -> None:
 
     if not args.fsdp:
         save("sft", run("sft", config(args.steps, args.batch, enabled=False)))
+        save("sft-extra", run("sft-extra", config(args.steps, args.batch, extra=1, enabled=False)))
     unigame = run("unigame", config(args.steps, args.batch, **UNIGAME))
     if args.fsdp:
         unigame.save_checkpoint()  # the gathered whole LoRA and optimiser state, compared with one process

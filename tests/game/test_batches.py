@@ -37,3 +37,15 @@ def test_bad_record_is_named(records):
         RecordBatches(bad, 2, seed=0)
     with pytest.raises(ValueError, match="data.batch_size=9 exceeds the 4 training records"):
         RecordBatches(list(records[:4]), 9, seed=0)
+
+
+def test_a_second_stream_shares_the_images_with_its_own_order_and_position(records):
+    main = RecordBatches(records, 4, seed=0)
+    next(main)
+    extra = main.stream(3, seed=1)
+    assert extra._images is main._images  # the image store is shared, not copied
+    alone = RecordBatches(records, 3, seed=1)  # the same stream built on its own
+    assert [next(extra).ids for _ in range(12)] == [next(alone).ids for _ in range(12)]  # crosses an epoch
+    assert main.state_dict()["cursor"] == 4 and extra.state_dict() == alone.state_dict()
+    with pytest.raises(ValueError, match="a batch of 33 exceeds the 32"):
+        main.stream(33, seed=1)

@@ -258,3 +258,16 @@ def test_memory_bytes_counts_latents():
     bf = HardSampleBuffer(capacity=50)
     bf.push(torch.zeros(2, 576, 8, dtype=torch.bfloat16), torch.ones(2), ["a", "b"])
     assert bf.memory_bytes() == 2 * 576 * 8 * 2
+
+
+def test_mine_names_the_inserted_items_by_their_batch_index():
+    buf = HardSampleBuffer(capacity=2)
+    buf.push(*_batch([2.5], start_id=10))
+    latents, h, ids, payload = _batch([1.0, 3.0, 2.0, 4.0, 5.0])
+    passed = torch.tensor([True, True, True, True, False])
+    stats = buf.mine(latents, h, passed, ids, payload, percentile=0)
+    # offered in turn: 1.0 fills the room, 3.0 evicts it, 2.0 is easier than 2.5, 4.0 evicts 2.5;
+    # 5.0 failed the filter
+    assert stats.inserted == (1, 3) and stats.n_pushed == 2
+    assert sorted(buf.ids) == ["item1", "item3"]
+    assert buf.mine(latents, h, torch.zeros(5, dtype=torch.bool), ids).inserted == ()

@@ -182,3 +182,18 @@ def test_path_errors_name_each_key_and_what_is_wrong(tmp_path):
         f"data.images={str(tmp_path / 'no-images')!r}: it does not exist; expected a directory",
     ]
     assert [e.split("=")[0] for e in cfg.path_errors(model=False)] == ["data.annotations", "data.images"]
+
+
+def test_eps_max_zero_is_the_eps_zero_control_and_ignores_eps_init():
+    TrainConfig(game=GameConfig(eps_max=0.0, eps_init=0.5)).validate()
+    with pytest.raises(ConfigError, match=r"game.eps_max=-0.01 is invalid: allowed a number >= 0"):
+        TrainConfig(game=GameConfig(eps_max=-0.01)).validate()
+
+
+def test_extra_clean_items_is_an_sft_control_only():
+    TrainConfig(data=DataConfig(extra_clean_items=16), game=GameConfig(enabled=False)).validate()
+    assert DataConfig().extra_clean_items == 0
+    with pytest.raises(ConfigError, match=r"data.extra_clean_items=-1 is invalid: allowed an int >= 0"):
+        TrainConfig(data=DataConfig(extra_clean_items=-1), game=GameConfig(enabled=False)).validate()
+    with pytest.raises(ConfigError, match=r"data.extra_clean_items=4 is invalid with game.enabled=true"):
+        TrainConfig(data=DataConfig(extra_clean_items=4)).validate()

@@ -84,11 +84,15 @@ def _fsdp_model(text_tokenizer) -> JanusAdapter:
     )
 
 
-@pytest.mark.parametrize("mode", ["sft", "unigame"])
+@pytest.mark.parametrize("mode", ["sft", "sft-extra", "unigame"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(
     two_process_runs, tmp_path, make_janus, records, mode
 ):
-    cfg = config(3, 4, enabled=False) if mode == "sft" else config(3, 4, **UNIGAME)  # 4 = 2 ranks x 2
+    cfg = {  # 4 = 2 ranks x 2 items, 2 = 2 ranks x 1 extra clean item
+        "sft": config(3, 4, enabled=False),
+        "sft-extra": config(3, 4, extra=2, enabled=False),
+        "unigame": config(3, 4, **UNIGAME),
+    }[mode]
     one = UniGameTrainer(cfg, tmp_path / mode, make_janus(), None, records)
     one.setup()
     before = one.trainable_state()
@@ -113,13 +117,19 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
         read_metrics(tmp_path / mode / "metrics.csv"),
     )
     assert two["step"].tolist() == [1, 2, 3]
-    columns = ["loss_understand", "ce_clean"] + (
-        ["ce_hard", "ce_adv", "tau", "buffer_size", "mined", "attack_success_rate", "eps"]
-        if mode == "unigame"
-        else []
-    )
+    columns = ["loss_understand", "ce_clean"] + {
+        "sft": [],
+        "sft-extra": ["ce_extra"],
+        "unigame": ["ce_hard", "ce_adv", "tau", "buffer_size", "mined", "attack_success_rate", "eps"]
+        # each rank judges its own candidates; the counts are of the global batch
+        + ["label_valid_mined", "label_valid_inserted", "label_valid_rejected"],
+    }[mode]
     for column in columns:
         np.testing.assert_allclose(two[column], single[column], rtol=1e-4, equal_nan=True, err_msg=column)
+    if mode == "unigame":
+        assert json.loads((two_process_runs / mode / "label_validity.json").read_text()) == json.loads(
+            (tmp_path / mode / "label_validity.json").read_text()
+        )
 
 
 def test_two_process_run_resumes_exactly(two_process_runs):

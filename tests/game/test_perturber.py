@@ -242,3 +242,16 @@ def test_noise_gate_learns_under_ascent():
         opt.step()
     assert float(p.eps) > 0.01
     assert math.isfinite(p.eps)
+
+
+def test_eps_max_zero_gives_exactly_zero_delta_and_ignores_eps_init():
+    """The ε = 0 control: δ ≡ 0 for any input and any weights, ε logged as 0, eps_init not checked."""
+    z = torch.randn(2, 5, D) * 3
+    for p in (Perturber(D, eps_max=0.0, eps_init=0.7), NoisePerturber(eps_max=0.0, eps_init=-1.0)):
+        assert p.eps == 0.0
+        for budget_z in (z, z * 1e4):
+            assert torch.equal(p(budget_z), torch.zeros_like(z))
+    relative = Perturber(D, eps_max=0.0, budget="relative")
+    assert torch.equal(relative(z), torch.zeros_like(z))
+    with pytest.raises(ValueError, match="eps_max must be >= 0"):
+        Perturber(D, eps_max=-0.01)

@@ -182,6 +182,10 @@ def test_recipe_header_commands_parse_and_reach_every_table4_row(monkeypatch):
         game = configs[("shapes_tiny_unigame.yaml", label)].game
         assert (game.adversary, game.filter, game.buffer) == expected, label
     assert configs[("shapes_tiny_unigame.yaml", "official mining")].game.mining == "official"
+    eps_zero = configs[("shapes_tiny_unigame.yaml", "UniGame with eps = 0")]  # the two controls
+    assert eps_zero.game.enabled and eps_zero.game.eps_max == 0
+    equal = configs[("shapes_tiny_unigame.yaml", "SFT, equal examples")]
+    assert not equal.game.enabled and equal.data.extra_clean_items == equal.data.batch_size
 
 
 def test_recipe_with_an_unknown_key_is_rejected(tmp_path):

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from unigame.game.run_logging import MetricsLogger, hard_sample_panel, plot_training_curves, read_metrics
+from unigame.game.run_logging import (
+    LabelCounts,
+    MetricsLogger,
+    hard_sample_panel,
+    plot_training_curves,
+    read_metrics,
+)
 
 
 def test_csv_and_tensorboard(tmp_path):
@@ -59,3 +65,36 @@ def test_plots_and_panel_are_written(tmp_path):
         tmp_path / "t.png", torch.rand(1, 3, 8, 8), None, ["q"], ["a"], ["a"], None, [1.0]
     )
     assert token_panel.stat().st_size > 0
+
+
+def test_hard_sample_panel_with_the_judges_verdicts(tmp_path):
+    panel = hard_sample_panel(
+        tmp_path / "judged.png",
+        torch.rand(2, 3, 32, 32),
+        torch.rand(2, 3, 32, 32),
+        ["Is there a red circle?", "How many squares are there?"],
+        ["yes", "2"],
+        ["yes", "2"],
+        ["no", "3"],
+        [3.2, 2.9],
+        judged=[True, False],
+    )
+    assert panel.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_label_counts_are_count_weighted_and_resumable():
+    counts = LabelCounts()
+    first = counts.add(
+        torch.tensor([True, True, False, False]), torch.tensor([True, False, True, True]), [0, 2, 3]
+    )
+    assert first == {"label_valid_mined": 0.5, "label_valid_inserted": 1 / 3, "label_valid_rejected": 0.5}
+    second = counts.add(torch.tensor([False, False]), torch.tensor([True, True]), [])
+    assert second["label_valid_mined"] == 0.0
+    assert math.isnan(second["label_valid_inserted"]) and math.isnan(second["label_valid_rejected"])
+    summary = counts.summary()  # 2 of 6 mined, 1 of 3 inserted, 1 of 2 valid rejected
+    assert summary["label_valid_mined"] == 2 / 6 and summary["label_valid_inserted"] == 1 / 3
+    assert summary["label_valid_rejected"] == 0.5 and summary["mined"] == 6
+    restored = LabelCounts()
+    restored.load_state_dict(counts.state_dict())
+    assert restored == counts
+    assert LabelCounts().summary()["label_valid_mined"] is None  # nothing measured: null in JSON

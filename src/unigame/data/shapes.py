@@ -739,6 +739,23 @@ def judge(image: np.ndarray, config: ShapesConfig, min_area: int | None = None) 
     return out
 
 
+def label_holds(image: np.ndarray, question: str, answer: str, config: ShapesConfig) -> bool:
+    """Whether `answer` is still the answer to `question` in `image`, by the exact judge: `judge` reads
+    the objects back and `answer_question` re-derives the answer from them.
+
+    image: (H, W, 3) uint8, or a model's pixels as a float array in [0, 1], (H, W, 3) or (3, H, W)
+    (rounded to uint8 as evaluation does). False when the question is not a template or its referent
+    is missing or ambiguous in the image (the label cannot be read back).
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
+            img = img.transpose(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+        img = (np.clip(img.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+    derived = answer_question(question, judge(img, config))
+    return derived is not None and derived == answer.strip().lower()
+
+
 @dataclass
 class MatchReport:
     """How well judged objects match an intended scene (GenEval-style components)."""

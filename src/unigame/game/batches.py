@@ -10,6 +10,7 @@ keeps its `shard` of each batch, so the position is shared.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,16 @@ class RecordBatches:
             answers=[r.answer for r in chosen],
             texts=[r.caption or r.question for r in chosen],
         )
+
+    def stream(self, batch_size: int, seed: int) -> RecordBatches:
+        """A second stream over the same records, sharing their images: its own batch size, its own
+        seeded order and its own position (from the start), sharded alike."""
+        if batch_size > len(self.records):
+            raise ValueError(f"a batch of {batch_size} exceeds the {len(self.records)} training records.")
+        other = copy.copy(self)  # shallow: the image store is shared, not copied
+        other.batch_size, other.seed, other.epoch, other.cursor = batch_size, seed, 0, 0
+        other._order = other._permutation(0)
+        return other
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n": len(self.records)}

@@ -57,6 +57,7 @@ class MineStats:
     n_passed_filter: int  # items that passed the semantic filter (regardless of H)
     n_eligible: int  # items with H ≥ τ AND passed the filter: the ones offered to the buffer
     n_pushed: int  # eligible items present in the buffer after the call (entered and not evicted)
+    inserted: tuple[int, ...] = ()  # their indices in the mining batch (len n_pushed)
 
 
 def _check_hardness(hardness: Tensor, batch: int | None) -> Tensor:
@@ -132,10 +133,7 @@ class HardSampleBuffer:
         if len(payload) != batch:
             raise ValueError(f"got {len(payload)} payload dicts for a batch of {batch}; pass one per item.")
         self._check_item_layout(latents)
-        start = self._next_serial
-        for i in range(batch):
-            self._offer(latents[i], float(h[i]), ids[i], payload[i])
-        return sum(s >= start for s in self._serial)
+        return len(self._push(latents, h, ids, payload))
 
     def mine(
         self,
@@ -163,20 +161,23 @@ class HardSampleBuffer:
         candidate = h >= tau  # (B,)
         eligible = candidate & passed  # (B,)
         keep = eligible.nonzero().flatten().tolist()
-        n_pushed = 0
+        inserted: list[int] = []
         if keep:
-            n_pushed = self.push(
+            self._check_item_layout(latents)
+            kept = self._push(
                 latents[keep],
                 h[keep],
                 [ids[i] for i in keep],
-                None if payload is None else [payload[i] for i in keep],
+                [{} for _ in keep] if payload is None else [payload[i] for i in keep],
             )
+            inserted = [keep[j] for j in kept]
         return MineStats(
             tau=tau,
             n_candidates=int(candidate.sum()),
             n_passed_filter=int(passed.sum()),
             n_eligible=len(keep),
-            n_pushed=n_pushed,
+            n_pushed=len(inserted),
+            inserted=tuple(inserted),
         )
 
     def update_hardness(self, indices: Tensor | Sequence[int], hardness: Tensor) -> None:
@@ -296,6 +297,19 @@ class HardSampleBuffer:
                 f"latents of shape {shape} and dtype {dtype} do not match the buffer's items "
                 f"({self._item_shape}, {self._item_dtype}); one buffer holds one latent layout."
             )
+
+    def _push(
+        self, latents: Tensor, hardness: Tensor, ids: Sequence[ItemId], payload: Sequence[dict[str, Any]]
+    ) -> list[int]:
+        """Offer the items in order; return the indices (into this batch, ascending) of those in the
+        buffer afterwards (entered and not evicted by a later item of the same batch)."""
+        index_of_serial: dict[int, int] = {}  # insertion counter -> batch index, for the items stored
+        for i in range(latents.shape[0]):
+            serial = self._next_serial
+            self._offer(latents[i], float(hardness[i]), ids[i], payload[i])
+            if self._next_serial > serial:
+                index_of_serial[serial] = i
+        return sorted(index_of_serial[s] for s in self._serial if s in index_of_serial)
 
     def _offer(self, latent: Tensor, hardness: float, item_id: ItemId, payload: dict[str, Any]) -> None:
         """Add one item if there is room, else replace the lowest-H slot if this item is strictly harder."""

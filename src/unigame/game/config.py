@@ -95,6 +95,12 @@ class DataConfig:
         train_items: records of the ShapesWorld `train` split (source shapes), >= 1.
         split_seed: seed of the ShapesWorld split and of the data order of every source, >= 0.
         batch_size: items per step and process, >= 1 (the global batch is batch_size x processes).
+        extra_clean_items: the "SFT with equal examples per update" control, >= 0; only with
+            game.enabled false. Each step also trains on this many clean items per process, drawn
+            from a second seeded stream over the same records (order seed split_seed + 1), and the
+            loss becomes CE_clean + game.beta*CE_extra: the SFT counterpart of UniGame's clean +
+            replayed batch (match it with game.replay_batch, or data.batch_size when that is None).
+            0: plain SFT.
         image_size: side of the square model input (Janus-Pro: 384). Source shapes: None keeps the
             rendered size. Source vqav2: required; images are padded to a square with grey and
             resized (Janus-Pro's own preprocessing).
@@ -122,6 +128,7 @@ class DataConfig:
     train_items: int = 2000
     split_seed: int = 0
     batch_size: int = 16
+    extra_clean_items: int = 0
     image_size: int | None = None
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     questions: str | None = None
@@ -164,9 +171,12 @@ class GameConfig:
             the two.
         clip_margin: allowed fractional loss of the clean score in `relative_to_clean`, in [0, 1].
         cosine_threshold: `cosine` filter threshold, in [-1, 1] (paper gives none; 0.9).
-        eps_max: hard bound of the per-token perturbation norm (paper 0.02), > 0.
+        eps_max: hard bound of the per-token perturbation norm (paper 0.02), >= 0. 0 is the
+            "UniGame with eps = 0" control: delta is exactly 0 and the challenger is never updated,
+            while the challenge forward, mining, filter, buffer and replay run unchanged (the
+            decoder adversary then replays the VQ reconstructions G(z)).
         eps_init: initial budget (paper 0.01), strictly inside (0, eps_max): the gate
-            eps_max*sigmoid(s) never reaches either end.
+            eps_max*sigmoid(s) never reaches either end. Ignored when eps_max is 0.
         budget: `absolute` (||delta_t|| <= eps), `relative` (<= eps*||z_t||), or `auto`: absolute
             for the decoder's unit-norm VQ latents, relative for understanding tokens (their norm
             is far from 1, so an absolute 0.02 would be invisible).
@@ -358,6 +368,7 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("data.train_items", d.train_items, 1)
     ge("data.split_seed", d.split_seed, 0)
     ge("data.batch_size", d.batch_size, 1)
+    ge("data.extra_clean_items", d.extra_clean_items, 0)
     if d.image_size is not None:
         ge("data.image_size", d.image_size, 8)
     choice("data.source", d.source, DataSource)
@@ -404,7 +415,7 @@ def _errors(cfg: TrainConfig) -> list[str]:
     num("game.clip_threshold", g.clip_threshold, lambda v: -1 <= v <= 1, "a number in [-1, 1]")
     num("game.clip_margin", g.clip_margin, lambda v: 0 <= v <= 1, "a number in [0, 1]")
     num("game.cosine_threshold", g.cosine_threshold, lambda v: -1 <= v <= 1, "a number in [-1, 1]")
-    num("game.eps_max", g.eps_max, lambda v: v > 0, "a number > 0 (paper 0.02)")
+    num("game.eps_max", g.eps_max, lambda v: v >= 0, "a number >= 0 (paper 0.02; 0 = the eps = 0 control)")
     if _is_number(g.eps_max) and g.eps_max > 0:
         num(
             "game.eps_init",
@@ -425,6 +436,12 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("game.understand_steps", g.understand_steps, 1)
     num("game.generation_guidance", g.generation_guidance, lambda v: v >= 0, "a number >= 0")
     num("game.generation_temperature", g.generation_temperature, lambda v: v >= 0, "a number >= 0")
+    if g.enabled is True and _is_int(d.extra_clean_items) and d.extra_clean_items > 0:
+        errors.append(
+            f"data.extra_clean_items={d.extra_clean_items!r} is invalid with game.enabled=true: extra clean "
+            "items are the SFT control's counterpart of UniGame's replayed batch (allowed: 0, or set "
+            "game.enabled false)"
+        )
     if g.residual_decode and g.adversary != "decoder":
         errors.append(
             f"game.residual_decode=true with game.adversary={g.adversary!r} is invalid: residual decoding "

@@ -6,6 +6,8 @@ UniGame's perturber (arXiv 2511.19413, §3 and App. B.2) maps each latent token 
 
 so ‖δ_t‖ ≤ ε_max for every token, whatever the input. The MLP is Linear(D,W)-GELU-Linear(W,W)-GELU-
 Linear(W,D) with an orthogonally initialised last layer; s is one learnable scalar gate.
+ε_max = 0 is allowed (the "UniGame with ε = 0" control): then δ ≡ 0 exactly and the initial ε is
+ignored; the trainer does not update such a perturber.
 
 Budget modes (chosen once, at construction):
 
@@ -95,9 +97,11 @@ class _GatedPerturbation(nn.Module):
         norm_eps: float,
     ) -> None:
         super().__init__()
-        if not eps_max > 0:
-            raise ValueError(f"eps_max must be > 0, got {eps_max!r}; the paper uses 0.02.")
-        if not 0 < eps_init < eps_max:
+        if not eps_max >= 0:
+            raise ValueError(
+                f"eps_max must be >= 0, got {eps_max!r}; the paper uses 0.02 (0: the ε = 0 control)."
+            )
+        if eps_max > 0 and not 0 < eps_init < eps_max:
             raise ValueError(
                 f"eps_init must lie strictly inside (0, eps_max={eps_max}), got {eps_init!r}; "
                 "the gate is ε_max·sigmoid(s), which never reaches 0 or ε_max (paper: 0.01 of 0.02)."
@@ -109,8 +113,9 @@ class _GatedPerturbation(nn.Module):
         self.feature_dim = int(feature_dim)
         self.norm_eps = float(norm_eps)
         self._radius = BUDGETS[budget]
-        p = eps_init / eps_max
-        # s such that ε_max·sigmoid(s) = eps_init; float32 like everything the perturber owns.
+        # s such that ε_max·sigmoid(s) = eps_init; float32 like everything the perturber owns. With
+        # eps_max = 0, ε = 0·sigmoid(s) = 0 whatever s (eps_init is ignored, s starts at 0).
+        p = eps_init / eps_max if eps_max > 0 else 0.5
         self.gate = nn.Parameter(torch.tensor(math.log(p / (1 - p)), dtype=torch.float32))
 
     @property
@@ -153,7 +158,7 @@ class Perturber(_GatedPerturbation):
         dim: token feature size D.
         hidden: MLP width W (default D).
         eps_max: hard upper bound on ε (paper 0.02).
-        eps_init: initial ε (paper 0.01); must lie in (0, eps_max).
+        eps_init: initial ε (paper 0.01); must lie in (0, eps_max) (ignored when eps_max = 0).
         budget: ``"absolute"`` (‖δ_t‖ ≤ ε_max) or ``"relative"`` (‖δ_t‖ ≤ ε_max·‖z_t‖), see module doc.
         feature_dim: axis of z holding the D features (-1 for (B, N, D), 1 for (B, D, H, W)).
         norm_eps: guard for normalising an all-zero MLP output (that token gets δ = 0).

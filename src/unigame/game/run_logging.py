@@ -10,13 +10,14 @@ import csv
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
-__all__ = ["MetricsLogger", "hard_sample_panel", "plot_training_curves", "read_metrics"]
+__all__ = ["LabelCounts", "MetricsLogger", "hard_sample_panel", "plot_training_curves", "read_metrics"]
 
 
 class MetricsLogger:
@@ -75,6 +76,58 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+@dataclass
+class LabelCounts:
+    """Run totals of the exact judge's label checks on mined candidates, for count-weighted means.
+
+    A candidate's label holds when the judge reads the stored answer back from its image. Part of the
+    checkpoint, so a resumed run's totals equal an uninterrupted run's.
+    """
+
+    mined: int = 0  # candidates judged
+    mined_valid: int = 0  # ... whose label holds
+    inserted: int = 0  # candidates inserted into the buffer (buffer off: selected for replay)
+    inserted_valid: int = 0  # ... whose label holds
+    rejected_valid: int = 0  # label-valid candidates the semantic filter rejected
+
+    def add(self, valid: Tensor, passed: Tensor, inserted: Sequence[int]) -> dict[str, float]:
+        """Count one mining batch -- `valid`, `passed`: (B,) bool; `inserted`: batch indices -- and
+        return its `label_valid_mined`, `label_valid_inserted`, `label_valid_rejected` (NaN if 0/0)."""
+        valid, passed = valid.bool().cpu(), passed.bool().cpu()
+        batch = {
+            "mined": valid.numel(),
+            "mined_valid": int(valid.sum()),
+            "inserted": len(inserted),
+            "inserted_valid": int(valid[list(inserted)].sum()),
+            "rejected_valid": int((valid & ~passed).sum()),
+        }
+        for name, count in batch.items():
+            setattr(self, name, getattr(self, name) + count)
+        return _label_shares(batch, math.nan)
+
+    def summary(self) -> dict[str, Any]:
+        """The run's three shares (None where nothing was counted) and the counts, JSON-able."""
+        return _label_shares(asdict(self), None) | asdict(self)
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for f in fields(self):
+            setattr(self, f.name, int(state.get(f.name, 0)))
+
+
+def _label_shares(counts: dict[str, int], undefined: Any) -> dict[str, Any]:
+    def share(num: int, den: int) -> Any:
+        return num / den if den else undefined
+
+    return {
+        "label_valid_mined": share(counts["mined_valid"], counts["mined"]),
+        "label_valid_inserted": share(counts["inserted_valid"], counts["inserted"]),
+        "label_valid_rejected": share(counts["rejected_valid"], counts["mined_valid"]),
+    }
 
 
 def _rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
@@ -169,11 +222,13 @@ def hard_sample_panel(
     predictions_clean: Sequence[str],
     predictions_adversarial: Sequence[str] | None,
     hardness: Sequence[float],
+    judged: Sequence[bool] | None = None,
 ) -> Path:
     """A PNG with one row per hard sample: clean x | adversarial x̃, with question, answer, predictions.
 
     clean, adversarial: (K, 3, H, W) in [0, 1]; `adversarial` None for token-space samples (the
-    perturbation has no image, so the right column says so).
+    perturbation has no image, so the right column says so). `judged`: per sample, whether an exact
+    judge still reads the answer from x̃ ("judge: ok" / "judge: label lost"); None: not shown.
     """
     k = clean.shape[0]
     fig, axes = _figure(max(k, 1), 2, (6.0, 2.8 * max(k, 1)))
@@ -186,7 +241,8 @@ def hard_sample_panel(
         if adversarial is not None:
             ax_adv.imshow(_to_image(adversarial[i]), interpolation="nearest")
             pred = predictions_adversarial[i] if predictions_adversarial is not None else "n/a"
-            ax_adv.set_title(f"adversarial x̃ (H = {hardness[i]:.2f})\npred '{pred}'", fontsize=7)
+            verdict = "" if judged is None else " | judge: " + ("ok" if judged[i] else "label lost")
+            ax_adv.set_title(f"adversarial x̃ (H = {hardness[i]:.2f})\npred '{pred}'{verdict}", fontsize=7)
         else:
             ax_adv.text(
                 0.5, 0.5, "token-space perturbation\n(no image)", ha="center", va="center", fontsize=8

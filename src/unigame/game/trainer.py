@@ -10,6 +10,7 @@ head) is frozen. `train()` is the algorithm; read it top to bottom.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 import warnings
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from unigame.data.local import BadRecord, write_bad_records
 from unigame.data.records import VQARecord
+from unigame.data.shapes import label_holds
 from unigame.game.adversary import (
     Attack,
     ChallengeMiner,
@@ -50,17 +52,21 @@ from unigame.game.distributed import Distributed, is_sharded, rank_seed
 from unigame.game.filters import SemanticFilter, SemanticScorer
 from unigame.game.perturber import perturbation_regulariser
 from unigame.game.protocol import UnifiedModel, check_unified_model
-from unigame.game.run_logging import MetricsLogger, hard_sample_panel, plot_training_curves
+from unigame.game.run_logging import LabelCounts, MetricsLogger, hard_sample_panel, plot_training_curves
 from unigame.game.signals import StopRequest
 
 __all__ = ["METRICS", "HardBatch", "NonFiniteRunError", "UniGameTrainer", "attach_lora"]
 
 # Per-step metrics, in CSV column order. ce_hard is the replayed buffer batch (or, with the buffer
-# off, this step's selected candidates); attack_success_rate is measured every logging.log_every.
+# off, this step's selected candidates); ce_extra the SFT control's extra clean items;
+# attack_success_rate is measured every logging.log_every. label_valid_* (ShapesWorld, candidates
+# with pixels, mining steps): the share of mined candidates whose label the exact judge still reads
+# from x̃, of those inserted into the buffer (or selected), and of label-valid ones the filter rejects.
 METRICS: tuple[str, ...] = (
     "loss_understand",
     "ce_clean",
     "ce_hard",
+    "ce_extra",
     "ce_adv",
     "loss_challenge",
     "reg",
@@ -69,6 +75,9 @@ METRICS: tuple[str, ...] = (
     "filter_pass_rate",
     "tau",
     "mined",
+    "label_valid_mined",
+    "label_valid_inserted",
+    "label_valid_rejected",
     "attack_success_rate",
     "nonfinite_steps",
     "step_seconds",
@@ -150,6 +159,9 @@ class UniGameTrainer:
         self.opt_challenger: torch.optim.Optimizer | None = None
         self.logger: MetricsLogger | None = None
         self._last_selection: HardBatch | None = None  # buffer off: this step's selected candidates
+        self.extra_batches: RecordBatches | None = None  # SFT control: data.extra_clean_items per step
+        self.label_counts = LabelCounts()  # the exact judge's label checks of mined candidates, run totals
+        self._judge_labels = False  # whether mining checks labels (ShapesWorld, candidates with pixels)
         self._progress: Any = None
         self.dist = Distributed()  # one process until `setup` reads the launcher's environment
 
@@ -221,6 +233,8 @@ class UniGameTrainer:
             self.device,
             shard=self.dist.shard,
         )
+        if cfg.data.extra_clean_items:
+            self.extra_batches = self._extra_clean_stream()
         self._record_index = {r.id: i for i, r in enumerate(self.records)}
         probe = self.batches.batch([0]).pixels  # (1, 3, H, W): sizes the perturber and checks image size
         self._check_image_size(probe)
@@ -263,6 +277,9 @@ class UniGameTrainer:
                 cosine_threshold=game.cosine_threshold,
             )
             self.buffer = HardSampleBuffer(game.capacity) if game.buffer else None
+            # ShapesWorld's exact judge can re-read a candidate image's label; token-space candidates
+            # and local data have nothing it can read.
+            self._judge_labels = cfg.data.source == "shapes" and self.miner.has_pixels
             self.challenger_parameters = [p for p in self.perturber.parameters() if p.requires_grad]
             self.opt_challenger = torch.optim.AdamW(
                 self.challenger_parameters, lr=cfg.optim.gen_lr, weight_decay=cfg.optim.weight_decay
@@ -313,6 +330,17 @@ class UniGameTrainer:
             stacklevel=3,
         )
 
+    def _extra_clean_stream(self) -> RecordBatches:
+        """The SFT control's second stream: data.extra_clean_items clean items per process and step,
+        over the same records in their own seeded order (data.split_seed + 1)."""
+        data, world = self.cfg.data, self.dist.world_size
+        if data.extra_clean_items * world > len(self.records):
+            raise ValueError(
+                f"data.extra_clean_items={data.extra_clean_items} x {world} process(es) exceeds the "
+                f"{len(self.records)} training records; lower it or raise data.train_items."
+            )
+        return self.batches.stream(data.extra_clean_items * world, data.split_seed + 1)
+
     def _check_image_size(self, probe: Tensor) -> None:
         expected = getattr(self.adapter, "image_size", None)
         if isinstance(expected, int) and probe.shape[-1] != expected:
@@ -335,6 +363,8 @@ class UniGameTrainer:
         while self.step < last and not stop:
             start = time.perf_counter()
             batch = next(self.batches)  # Alg. 1 l.2: sample (x, q, a) from the data
+            # SFT with equal examples per update (game off): more clean items, from a second stream.
+            extra = next(self.extra_batches) if self.extra_batches is not None else None
             metrics: dict[str, float] = {}
             with self._autocast():
                 # Alg. 1 l.3: clean understanding tokens Enc(x); Enc is frozen, so computed once.
@@ -353,16 +383,19 @@ class UniGameTrainer:
                     if self.step % game.mine_every == 0:
                         self.mine(batch, clean, attack, metrics)
                 # Alg. 1 l.10-12, understand step: LoRA descends L_U = CE_clean + β·CE_hard.
-                if not self.understand_step(batch, clean_tokens, metrics):
+                if not self.understand_step(batch, clean_tokens, metrics, extra):
                     self._skip_step(metrics, start)
                     continue
             self.step += 1
             self.nonfinite_streak = 0
             self._end_step(metrics, start)
+        if game.enabled and self.dist.is_main:
+            self.write_label_validity()
 
     def challenge_step(self, batch: Batch, clean: Tensor, metrics: dict[str, float]) -> Attack | None:
         """Update the perturber by ascent on L_C; return the (last) forward's detached attack, or None
-        when L_C is not finite (nothing is updated then)."""
+        when L_C is not finite (nothing is updated then). With game.eps_max 0 (the ε = 0 control) δ ≡ 0:
+        one forward gives the CE of the unperturbed candidate and the perturber is never updated."""
         game, grad_clip = self.cfg.game, self.cfg.optim.grad_clip
         attack = None
         for _ in range(game.challenge_steps):
@@ -371,6 +404,8 @@ class UniGameTrainer:
             loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
             if not self._finite(loss_challenge):
                 return None
+            if game.eps_max == 0:  # the ε = 0 control: nothing to ascend (no backward, no optimiser step)
+                break
             self.opt_challenger.zero_grad(set_to_none=True)
             # Ascent; `inputs=` keeps this backward out of LoRA's gradients (U does not move here).
             (-loss_challenge).backward(inputs=self.challenger_parameters)
@@ -395,14 +430,19 @@ class UniGameTrainer:
         )  # reuses the challenge forward's x̃ and H when mining: decoder
         passed = self.filter(candidates.clean_view, candidates.candidate_view, batch.texts).keep  # (B,)
         hardness = candidates.hardness  # (B,) per-sample CE
+        # Does x̃ still show the stored answer? The exact judge reads it back (ShapesWorld, pixels only).
+        valid = self._labels_hold(candidates.pixels, batch.questions, batch.answers)  # (B,) or None
         latents, ids, questions, answers = candidates.latents, batch.ids, batch.questions, batch.answers
         if self.dist.world_size > 1:  # every rank mines the global batch: one τ, one (replicated) buffer
             latents, hardness, passed, ids, questions, answers = self._global_candidates(
                 batch.ids, latents, hardness, passed
             )
+            if valid is not None:  # each rank judged its own images; all ranks count the global batch
+                valid = self.dist.gather(valid.double()) > 0  # (W·B,)
         if self.buffer is not None:
             payload = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
             stats = self.buffer.mine(latents, hardness, passed, ids, payload, percentile=game.percentile)
+            inserted = list(stats.inserted)
         else:
             tau = percentile_threshold(hardness, game.percentile)
             chosen = (passed.cpu() & (hardness.cpu() >= tau)).nonzero().flatten().tolist()
@@ -417,12 +457,27 @@ class UniGameTrainer:
                 )
             n_passed = int(passed.sum())
             stats = MineStats(tau, int((hardness >= tau).sum()), n_passed, len(chosen), len(chosen))
+            inserted = chosen
         metrics.update(filter_pass_rate=stats.n_passed_filter / len(ids), tau=stats.tau, mined=stats.n_pushed)
+        if valid is not None:
+            metrics.update(self.label_counts.add(valid, passed.cpu(), inserted))
         return stats
 
-    def understand_step(self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float]) -> bool:
+    def _labels_hold(self, pixels: Tensor | None, questions: list[str], answers: list[str]) -> Tensor | None:
+        """(B,) bool: whether the exact judge still reads each stored answer from its candidate image;
+        None when it cannot tell (token-space candidates, data other than ShapesWorld)."""
+        if not self._judge_labels or pixels is None:
+            return None
+        images = pixels.detach().float().cpu().numpy()  # (B, 3, H, W) in [0, 1]
+        shapes = self.cfg.data.shapes
+        return torch.tensor([label_holds(x, q, a, shapes) for x, q, a in zip(images, questions, answers)])
+
+    def understand_step(
+        self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float], extra: Batch | None = None
+    ) -> bool:
         """Update LoRA by descent on L_U = CE_clean + β·CE_hard over one mixed batch; False when L_U
-        is not finite. Clean and hard items go through the language model together."""
+        is not finite. Clean and hard items go through the language model together. The SFT control
+        `extra` (game off, data.extra_clean_items) takes the hard term's place: CE_clean + β·CE_extra."""
         cfg = self.cfg
         hard = self.hard_batch() if cfg.game.enabled else None
         tokens, questions, answers = clean_tokens, batch.questions, batch.answers  # (B, N_u, D_u)
@@ -430,6 +485,10 @@ class UniGameTrainer:
             hard_tokens = self.miner.replay_tokens(self.adapter, hard.latents, hard.pixels)  # (K, N_u, D_u)
             tokens = torch.cat([clean_tokens, hard_tokens.to(clean_tokens.dtype)])  # (B+K, N_u, D_u)
             questions, answers = questions + hard.questions, answers + hard.answers
+        if extra is not None:
+            extra_tokens = self.adapter.visual_tokens(extra.pixels)  # (E, N_u, D_u), frozen Enc
+            tokens = torch.cat([clean_tokens, extra_tokens.to(clean_tokens.dtype)])  # (B+E, N_u, D_u)
+            questions, answers = questions + extra.questions, answers + extra.answers
         n_clean = clean_tokens.shape[0]
         for _ in range(cfg.game.understand_steps):  # the SFT baseline makes as many LoRA updates
             ce = self.adapter.understanding_loss_from_tokens(tokens, questions, answers).float()  # (B+K,)
@@ -437,6 +496,8 @@ class UniGameTrainer:
             loss_understand = ce_clean.mean()
             if hard is not None:
                 loss_understand = loss_understand + cfg.game.beta * self._hard_mean(ce_hard, hard)
+            if extra is not None:  # every rank holds the same number of extra items: a plain mean
+                loss_understand = loss_understand + cfg.game.beta * ce[n_clean:].mean()
             if not self._finite(loss_understand):
                 return False
             self.opt_understand.zero_grad(set_to_none=True)
@@ -449,6 +510,8 @@ class UniGameTrainer:
         metrics.update(
             loss_understand=float(loss_understand.detach()), ce_clean=float(ce_clean.detach().mean())
         )
+        if extra is not None:
+            metrics["ce_extra"] = float(ce[n_clean:].detach().mean())
         if hard is not None:
             metrics["ce_hard"] = float(self._hard_mean(ce_hard.detach(), hard))
             if hard.slots is not None:
@@ -620,7 +683,10 @@ class UniGameTrainer:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
         }
+        if self.extra_batches is not None:
+            meta["data_extra"] = self.extra_batches.state_dict()
         if self.cfg.game.enabled:
+            meta["label_validity"] = self.label_counts.state_dict()
             tensors.update({f"perturber.{k}": v for k, v in self.perturber.state_dict().items()})
             challenger_tensors, meta["optim"]["challenger"] = optimizer_state(
                 self.opt_challenger, "optim.challenger"
@@ -746,12 +812,26 @@ class UniGameTrainer:
                     }
                 )
         self.batches.load_state_dict(meta["data"])
+        if self.extra_batches is not None:
+            self._restore_extra_stream(meta, ckpt.path)
+        if self.cfg.game.enabled:  # older checkpoints have no label counts: the totals start here
+            self.label_counts.load_state_dict(meta.get("label_validity", {}))
         self.step = int(meta["step"])
         self.nonfinite_steps = int(meta["nonfinite_steps"])
         self.nonfinite_streak = int(meta.get("nonfinite_streak", 0))  # absent in older checkpoints
         restore_rng(tensors, meta["rng"])  # last: nothing after this may draw random numbers
         self._restore_rank_rng(tensors, int(meta.get("world_size", 1)))  # ranks > 0: their own streams
         return self.step
+
+    def _restore_extra_stream(self, meta: dict[str, Any], path: Path) -> None:
+        if "data_extra" in meta:
+            self.extra_batches.load_state_dict(meta["data_extra"])
+            return
+        warnings.warn(
+            f"checkpoint {path} has no extra clean stream (written with data.extra_clean_items 0); "
+            f"this run's data.extra_clean_items={self.cfg.data.extra_clean_items} stream starts at its beginning.",
+            stacklevel=3,
+        )
 
     def _shard_optimizer_state(
         self, tensors: dict[str, Tensor], prefix: str, optimizer: torch.optim.Optimizer
@@ -770,6 +850,15 @@ class UniGameTrainer:
         import yaml
 
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    def write_label_validity(self) -> Path:
+        """Write `<run>/label_validity.json`: the run's count-weighted label-validity shares (null when
+        nothing was measured) and the counts behind them, over every step so far (resumed runs included)."""
+        path = self.run_dir / "label_validity.json"
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps({"steps": self.step, **self.label_counts.summary()}, indent=2) + "\n")
+        partial.replace(path)  # atomic: a reader never sees half a file
+        return path
 
     def write_report(self) -> list[Path]:
         """PNG plots of the run's curves and a panel of the hardest samples (if `logging.plots`)."""
@@ -802,6 +891,7 @@ class UniGameTrainer:
                     decode(self.adapter, latents, clean) if decode else self.adapter.decode_latents(latents)
                 ).float()  # (K, 3, H, W) re-decoded z̃
                 predictions_adversarial = self.adapter.answer(adversarial, questions)
+        judged = self._labels_hold(adversarial, questions, answers)  # (K,) or None
         return hard_sample_panel(
             self.run_dir / "plots" / "hard_samples.png",
             clean,
@@ -811,6 +901,7 @@ class UniGameTrainer:
             predictions_clean,
             predictions_adversarial,
             hardness,
+            judged=None if judged is None else judged.tolist(),
         )
 
     def cleanup(self) -> None:
