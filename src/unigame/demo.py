@@ -54,6 +54,23 @@ def demo_table(evals: Mapping[str, str | Path]) -> str:
     return "\n".join(lines)
 
 
+def label_validity_line(run_dir: Path) -> str | None:
+    """What the exact judge says of the UniGame run's replayed images, from its label_validity.json."""
+    import json
+
+    path = run_dir / "label_validity.json"
+    if not path.is_file():
+        return None
+    shares = json.loads(path.read_text())
+    if shares.get("label_valid_inserted") is None:
+        return None
+    return (
+        f"label validity (exact judge): {100 * shares['label_valid_inserted']:.1f}% of the "
+        f"{shares['inserted']} buffer insertions keep their answer; "
+        f"{100 * shares['label_valid_mined']:.1f}% of all {shares['mined']} mined candidates do"
+    )
+
+
 def _report(out: Path, table: str, evals: Mapping[str, Path], unigame_run: Path, meta: Sequence[str]) -> Path:
     def rel(path: Path) -> str:
         return os.path.relpath(path, out)
@@ -140,8 +157,13 @@ def run_demo(
         if quick
         else "one seed: for mean ± std over seeds run `unigame reproduce --table main`",
     ]
+    validity = label_validity_line(Path(by_row["full"].run_dir))
+    if validity:
+        meta.append(validity)
     report = _report(out, table, evals, Path(by_row["full"].run_dir), meta)
     console.print(table)
+    if validity:
+        console.print(validity)
     console.print(f"\nreport: {report}  ({wall / 60:.1f} min)")
     return {
         "table": table,
