@@ -151,6 +151,39 @@ def test_filter_rejects_the_decoded_image_of_another_scene(tmp_path, records):
     assert trainer.buffer.ids == ["faithful"]
 
 
+class _ConstantCE(ToyUnifiedModel):
+    """The toy model with an understanding CE that ignores the image: L_C's CE gives δ no gradient."""
+
+    def understanding_loss(self, pixels, questions, answers):
+        return pixels.sum(dim=(1, 2, 3)) * 0.0 + 1.0  # (B,) on δ's graph, zero gradient
+
+
+@pytest.mark.parametrize(
+    "game, drifts",
+    [
+        ({}, False),  # the defaults: reg_lambda 0
+        ({"reg_lambda": 0.1}, True),  # the former default: λ‖δ‖² = λ·N·ε² only pulls ε down
+        ({"reg_lambda": 0.1, "reg_form": "mean"}, True),  # ε²/D is tiny, but AdamW normalises the step
+    ],
+    ids=["default", "lambda-0.1-sum", "lambda-0.1-mean"],
+)
+def test_eps_moves_only_when_the_ce_moves_it(tmp_path, records, game, drifts):
+    """With a CE that gives δ no gradient, 300 challenge steps leave ε where it started (within 1e-9)
+    under the default config; a non-zero λ, in either form, drags it down regardless of the loss."""
+    trainer = _trainer(tmp_path, _ConstantCE(), records, small_config(filter="none", **game))
+    batch = trainer.batches.batch([0, 1, 2, 3])
+    clean = trainer.adversary.clean(trainer.adapter, batch.pixels)
+    start = trainer.perturber.eps
+    for _ in range(300):
+        assert trainer.challenge_step(batch, clean, metrics := {}) is not None
+    trainer.cleanup()
+    assert metrics["ce_adv"] == 1.0
+    if drifts:
+        assert trainer.perturber.eps < 0.5 * start, trainer.perturber.eps  # 0.01 -> ~0.004
+    else:
+        assert abs(trainer.perturber.eps - start) < 1e-9, trainer.perturber.eps - start
+
+
 def test_bf16_delta_gradient_is_nonzero_and_close_to_fp32(tmp_path, make_janus, records):
     grads = {}
     for precision in ("fp32", "bf16"):

@@ -48,7 +48,7 @@ from unigame.game.checkpoint import (
 from unigame.game.config import ConfigError, TrainConfig, config_diff
 from unigame.game.distributed import Distributed, is_sharded, rank_seed
 from unigame.game.filters import SemanticFilter, SemanticScorer
-from unigame.game.perturber import perturbation_regulariser
+from unigame.game.perturber import REGULARISERS
 from unigame.game.protocol import UnifiedModel, check_unified_model
 from unigame.game.run_logging import MetricsLogger, hard_sample_panel, plot_training_curves
 from unigame.game.signals import StopRequest
@@ -240,6 +240,7 @@ class UniGameTrainer:
                     residual_decode=game.residual_decode,
                 )
             self.perturber = self.adversary.perturber
+            self.regulariser = REGULARISERS[game.reg_form]  # ‖δ‖² of L_C's λ term (sum or mean)
             self.generation_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
             self.miner = build_miner(
                 game.mining,
@@ -367,7 +368,7 @@ class UniGameTrainer:
         attack = None
         for _ in range(game.challenge_steps):
             attack = self.adversary.attack(self.adapter, clean, batch.questions, batch.answers, batch.pixels)
-            reg = perturbation_regulariser(attack.delta)  # ‖δ‖² per sample, fp32
+            reg = self.regulariser(attack.delta)  # ‖δ‖², fp32; depends on ε alone (per-token norm fixed)
             loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
             if not self._finite(loss_challenge):
                 return None
