@@ -61,7 +61,9 @@ class ModelConfig:
         prompt: prompt layout: `tiny` (the tiny models), `janus_pro` (Janus-Pro's chat format) or
             `emu3_chat` (Emu3-Chat's format).
         precision: `fp32`, or `bf16`: bf16 autocast with the frozen weights stored in bf16; LoRA,
-            the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2).
+            the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2),
+            and so does the decoder G that decodes z + delta (the adapter's `fp32_modules()`,
+            run with autocast off): bf16 would round a 1% offset of a latent token away.
         device: torch device (`cpu`, `cuda`, `cuda:1`). Under `accelerate launch`/`torchrun` with
             several processes: `cuda` (each process takes cuda:LOCAL_RANK) or `cpu` (gloo).
         gradient_checkpointing: recompute transformer layers' activations in the backward instead of
