@@ -32,6 +32,11 @@ class UnifiedModel(Protocol):
       convolution, the codebook). With ``model.precision: bf16`` the trainer stores every other
       frozen weight in bf16 and leaves these in float32; without the method the decoder is stored
       in bf16 too (the trainer warns), and a small perturbation of the latents is lost in rounding.
+    * ``generate_latents(prompts, guidance, temperature, generator, embedding_hook) -> Tensor`` —
+      text-to-image as (B, N, D) latents of the sampled codes, which `decode_latents` turns into
+      the images. Needed by ``game.mining: official``: the buffer stores these latents and replay
+      re-decodes them, so the image scored at mining is the image replayed (re-encoding a
+      generated image would store a lossy round trip instead).
     """
 
     model: nn.Module
@@ -92,7 +97,7 @@ REQUIRED_METHODS: tuple[str, ...] = (
     "lora_target_modules",
 )
 
-# The official-style miner passes this to `generate_images(..., embedding_hook=...)`: it maps the
+# The official-style miner passes this to `generate_latents(..., embedding_hook=...)`: it maps the
 # generation embeddings fed at each autoregressive step, (B', L, D) -> (B', L, D).
 EmbeddingHook = Callable[[Tensor], Tensor]
 

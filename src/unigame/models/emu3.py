@@ -441,6 +441,21 @@ class Emu3Adapter:
         return codes
 
     @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: list[str],
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Text-to-image as (B, h*w, C) latents: the codebook entries of the sampled codes, which
+        `decode_latents` maps to the images `generate_images` returns; arguments as in `generate_codes`."""
+        return self.codes_to_latents(
+            self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        )
+
+    @torch.no_grad()
     def generate_images(
         self,
         prompts: list[str],
@@ -450,8 +465,8 @@ class Emu3Adapter:
         embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Text-to-image: (B, 3, H, W) pixels in [0,1]; arguments as in `generate_codes`."""
-        return self.decode_codes(
-            self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        return self.decode_latents(
+            self.generate_latents(prompts, guidance, temperature, generator, embedding_hook)
         )
 
     # ------------------------------------------------------------------ LoRA

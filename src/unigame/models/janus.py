@@ -318,6 +318,21 @@ class JanusAdapter:
         return codes
 
     @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: list[str],
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Text-to-image as (B, N, D) latents: the codebook entries of the sampled codes, which
+        `decode_latents` maps to the images `generate_images` returns; arguments as in `generate_codes`."""
+        return self.codes_to_latents(
+            self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        )
+
+    @torch.no_grad()
     def generate_images(
         self,
         prompts: list[str],
@@ -327,8 +342,9 @@ class JanusAdapter:
         embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Text-to-image: (B, 3, H, W) pixels in [0,1]; `embedding_hook` as in `generate_codes`."""
-        codes = self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
-        return self.decode_codes(codes)
+        return self.decode_latents(
+            self.generate_latents(prompts, guidance, temperature, generator, embedding_hook)
+        )
 
     # ------------------------------------------------------------------ LoRA
     def lora_target_modules(self) -> str:
