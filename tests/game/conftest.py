@@ -230,6 +230,19 @@ class ToyUnifiedModel:
     def generate_images(
         self,
         prompts: list[str],
+        guidance: float = 1.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        return self.decode_latents(
+            self.generate_latents(prompts, guidance, temperature, generator, embedding_hook)
+        )
+
+    @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: list[str],
         guidance: float = 1.0,  # accepted for the official miner; the toy has no CFG branch
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
@@ -247,8 +260,7 @@ class ToyUnifiedModel:
             if embedding_hook is not None:
                 embed = embedding_hook(embed)
             seq = torch.cat([seq, embed], dim=1)
-        latents = self.model.codebook[torch.stack(codes, 1)]  # (B, 64, 3)
-        return self.decode_latents(latents)
+        return self.model.codebook[torch.stack(codes, 1)]  # (B, 64, 3) the sampled colours
 
     def lora_target_modules(self) -> str:
         return r"blocks\.\d+\.(q|k|v|o|fc1|fc2)"

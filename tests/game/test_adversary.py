@@ -126,14 +126,43 @@ def test_official_miner_injects_delta_at_every_generation_step(make_janus):
     assert not torch.equal(unperturbed, generate(30.0))
 
 
-def test_official_mining_needs_a_hookable_generator(make_janus):
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_official_mining_replays_the_very_image_it_scored(make_janus, autocast):
+    """The buffer stores the generated codes' latents; replay decodes them to the pixels the hardness
+    was scored on, bit for bit (also under the bf16 autocast a bf16 run mines and replays in)."""
+    adapter = make_janus()
+    miner = build_miner(
+        "official", _adversary(adapter, "embedding"), adapter, torch.Generator().manual_seed(0), 2.0, 1.0
+    )
+    seen = []  # the pixels each understanding forward reads
+    read = adapter.visual_tokens
+    adapter.visual_tokens = lambda pixels: seen.append(pixels.detach().clone()) or read(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        candidates = miner.candidates(adapter, torch.rand(2, 3, 32, 32), None, None, QUESTIONS, ANSWERS)
+        (scored,) = seen  # the hardness forward
+        miner.replay_tokens(adapter, candidates.latents)
+    replayed = seen[1]
+    assert torch.equal(replayed, scored) and torch.equal(candidates.pixels, scored)
+    # storing encode_latents(image), as before, would replay another image: G(Enc_G(x)) ≠ x
+    with torch.no_grad():
+        round_trip = adapter.decode_latents(adapter.encode_latents(scored))
+    assert (round_trip - scored).abs().max() > 0.05
+
+
+def test_official_mining_needs_a_hookable_latent_generator(make_janus):
     adapter = make_janus()
     adversary = _adversary(adapter, "embedding")
 
-    class NoHook:
-        def generate_images(self, prompts):
+    class ImagesOnly:
+        def generate_images(self, prompts, guidance, temperature, generator, embedding_hook):
             return None
 
+    class NoHook:
+        def generate_latents(self, prompts):
+            return None
+
+    with pytest.raises(TypeError, match="generate_latents.*latents of the generated codes"):
+        build_miner("official", adversary, ImagesOnly(), torch.Generator(), 1.0, 1.0)
     with pytest.raises(TypeError, match="embedding_hook"):
         build_miner("official", adversary, NoHook(), torch.Generator(), 1.0, 1.0)
     with pytest.raises(ValueError, match="token-space adversary"):

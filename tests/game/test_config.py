@@ -42,6 +42,8 @@ def test_defaults_are_valid_and_the_papers():
     )
     # the tiny CLIP's calibration (see the field's help)
     assert (game.clip_calibration, game.clip_margin) == ("relative_to_clean", 0.1)
+    # the paper gives no λ, and λ‖δ‖² with ‖δ_t‖ = ε only pulls the gate down: off by default
+    assert (game.reg_lambda, game.reg_form) == (0.0, "sum")
 
 
 def test_all_errors_are_reported_together_with_key_value_and_range():
@@ -99,6 +101,8 @@ def test_all_errors_are_reported_together_with_key_value_and_range():
         ({"clip_margin": 1.5}, "game.clip_margin=1.5"),
         ({"mining": "ar"}, "game.mining='ar' is invalid: allowed decoder | official"),
         ({"enabled": "on"}, "game.enabled='on' is invalid: allowed true | false"),
+        ({"reg_form": "l2"}, "game.reg_form='l2' is invalid: allowed sum | mean"),
+        ({"reg_lambda": -0.1}, "game.reg_lambda=-0.1 is invalid: allowed a number >= 0"),
     ],
 )
 def test_game_errors_name_the_key(game, message):

@@ -192,6 +192,26 @@ def test_regulariser_is_batch_mean_of_per_sample_squared_norm():
         assert float(p.regulariser(p(z))) == pytest.approx(5 * p.eps**2, rel=1e-4)
 
 
+def test_mean_regulariser_is_the_per_element_mean():
+    delta = torch.zeros(2, 3, 4)
+    delta[0, 0, 0] = 3.0
+    delta[0, 2, 1] = 4.0
+    delta[1, 1, 3] = 1.0  # Σ δ² = 26 over 2·3·4 = 24 elements
+    assert float(perturbation_regulariser(delta, "mean")) == pytest.approx(26 / 24)
+    assert float(Perturber(4).regulariser(delta.bfloat16(), "mean")) == pytest.approx(26 / 24)
+    # every token at ‖δ_t‖ = ε gives ε²/D: N·D times less than the sum form
+    p = Perturber(D)
+    z = torch.nn.functional.normalize(torch.randn(2, 5, D), dim=-1)
+    with torch.no_grad():
+        delta = p(z)
+        assert float(p.regulariser(delta, "mean")) == pytest.approx(p.eps**2 / D, rel=1e-4)
+        assert float(p.regulariser(delta, "sum")) == pytest.approx(
+            5 * D * float(p.regulariser(delta, "mean"))
+        )
+    with pytest.raises(ValueError, match="sum"):
+        perturbation_regulariser(delta, "l1")
+
+
 # ------------------------------------------------------------------------------------------ noise
 
 

@@ -136,6 +136,7 @@ def test_every_recipe_validates():
     for recipe in RECIPES:
         cfg = load_recipe(recipe)
         assert cfg.errors() == [], recipe
+        assert cfg.game.reg_lambda == 0.0, recipe  # λ‖δ‖² would only pull ε down (GameConfig help)
     assert load_recipe(REPO / "configs" / "shapes_tiny_sft.yaml").game.enabled is False
     pro = load_recipe(REPO / "configs" / "janus_pro_1b.yaml")
     assert (pro.optim.und_lr, pro.optim.gen_lr, pro.model.precision, pro.game.clip_calibration) == (

@@ -151,6 +151,39 @@ def test_filter_rejects_the_decoded_image_of_another_scene(tmp_path, records):
     assert trainer.buffer.ids == ["faithful"]
 
 
+class _ConstantCE(ToyUnifiedModel):
+    """The toy model with an understanding CE that ignores the image: L_C's CE gives δ no gradient."""
+
+    def understanding_loss(self, pixels, questions, answers):
+        return pixels.sum(dim=(1, 2, 3)) * 0.0 + 1.0  # (B,) on δ's graph, zero gradient
+
+
+@pytest.mark.parametrize(
+    "game, drifts",
+    [
+        ({}, False),  # the defaults: reg_lambda 0
+        ({"reg_lambda": 0.1}, True),  # the former default: λ‖δ‖² = λ·N·ε² only pulls ε down
+        ({"reg_lambda": 0.1, "reg_form": "mean"}, True),  # ε²/D is tiny, but AdamW normalises the step
+    ],
+    ids=["default", "lambda-0.1-sum", "lambda-0.1-mean"],
+)
+def test_eps_moves_only_when_the_ce_moves_it(tmp_path, records, game, drifts):
+    """With a CE that gives δ no gradient, 300 challenge steps leave ε where it started (within 1e-9)
+    under the default config; a non-zero λ, in either form, drags it down regardless of the loss."""
+    trainer = _trainer(tmp_path, _ConstantCE(), records, small_config(filter="none", **game))
+    batch = trainer.batches.batch([0, 1, 2, 3])
+    clean = trainer.adversary.clean(trainer.adapter, batch.pixels)
+    start = trainer.perturber.eps
+    for _ in range(300):
+        assert trainer.challenge_step(batch, clean, metrics := {}) is not None
+    trainer.cleanup()
+    assert metrics["ce_adv"] == 1.0
+    if drifts:
+        assert trainer.perturber.eps < 0.5 * start, trainer.perturber.eps  # 0.01 -> ~0.004
+    else:
+        assert abs(trainer.perturber.eps - start) < 1e-9, trainer.perturber.eps - start
+
+
 def test_bf16_delta_gradient_is_nonzero_and_close_to_fp32(tmp_path, make_janus, records):
     grads = {}
     for precision in ("fp32", "bf16"):
@@ -170,6 +203,51 @@ def test_bf16_delta_gradient_is_nonzero_and_close_to_fp32(tmp_path, make_janus, 
     cosine = torch.nn.functional.cosine_similarity(fp32, bf16, dim=0)
     assert cosine > 0.9, float(cosine)
     assert (bf16.norm() - fp32.norm()).abs() / fp32.norm() < 0.25
+
+
+def _offset(latents: torch.Tensor, eps: float, relative: bool = False) -> torch.Tensor:
+    """A fixed per-token offset of norm eps (or eps·‖z_t‖): δ as the perturber makes it."""
+    direction = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    radius = latents.norm(dim=-1, keepdim=True) if relative else 1.0
+    return eps * radius * torch.nn.functional.normalize(direction, dim=-1)  # (B, N, D)
+
+
+def decoded_offset_error(reference, trainer, relative: bool = False) -> float:
+    """‖Δ − Δ_fp32‖ / ‖Δ_fp32‖ for Δ = G(z + δ) − G(z) at ε = 0.01: `trainer`'s adapter decodes as in
+    training (its frozen weights as the trainer stores them, under its autocast), `reference` in fp32."""
+    batch = trainer.batches.batch([0, 1, 2, 3])
+    with torch.no_grad():
+        z = reference.encode_latents(batch.pixels).float()  # (B, N, D) one z for both
+        z_tilde = z + _offset(z, 0.01, relative)
+        expected = reference.decode_latents(z_tilde) - reference.decode_latents(z)  # (B, 3, H, W) fp32
+        with trainer._autocast():
+            got = trainer.adapter.decode_latents(z_tilde) - trainer.adapter.decode_latents(z)
+    assert got.dtype == torch.float32 and expected.abs().max() > 1e-3  # δ visibly changes the image
+    return float((got - expected).norm() / expected.norm())
+
+
+def test_bf16_run_decodes_the_perturbed_latent_in_fp32(tmp_path, make_janus, records):
+    """bf16 rounds a 1% offset of unit-norm latents away, so the decoder runs with autocast off on fp32
+    weights: G(z + δ) − G(z) at ε = 0.01 then equals the fp32 one (relative error 0 measured; bound
+    1e-6). A bf16-stored VQ decoding under autocast, as before, got it wrong by 1.07 on this model."""
+    cfg = small_config()
+    cfg.model.precision = "bf16"
+    trainer = _trainer(tmp_path, make_janus(), records, cfg)
+    vq = trainer.adapter.model.model.vqmodel
+    for module in (vq.decoder, vq.post_quant_conv, vq.quantize):
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert vq.encoder.conv_in.weight.dtype == torch.bfloat16  # the rest of the frozen model is stored in bf16
+    assert decoded_offset_error(make_janus(), trainer) < 1e-6
+    trainer.cleanup()
+
+
+def test_bf16_warns_when_the_adapter_names_no_fp32_modules(tmp_path, records):
+    cfg = small_config()
+    cfg.model.precision = "bf16"
+    with pytest.warns(UserWarning, match="no fp32_modules"):
+        trainer = _trainer(tmp_path, ToyUnifiedModel(), records, cfg)
+    assert trainer.adapter.model.decoder.weight.dtype == torch.bfloat16  # stored like every frozen weight
+    trainer.cleanup()
 
 
 def test_non_finite_loss_skips_the_step_and_counts_it(tmp_path, make_janus, records):

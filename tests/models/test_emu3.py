@@ -174,6 +174,16 @@ def test_embedding_hook_sees_every_visual_step(adapter):
     assert not torch.equal(plain, hooked)
 
 
+def test_generated_latents_are_the_codes_that_decode_to_the_generated_images(adapter):
+    """`generate_latents` (what official-style mining stores) decodes to `generate_images`' pixels."""
+    prompts = ["a small red circle", "a large blue square"]
+    latents = adapter.generate_latents(prompts, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    images = adapter.generate_images(prompts, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    assert latents.shape == (2, adapter.num_image_tokens, CFG.codebook_dim)
+    assert torch.equal(adapter.codes_to_latents(adapter.quantize(latents)), latents)  # codebook entries
+    assert torch.equal(adapter.decode_latents(latents), images)
+
+
 def test_generation_loss_is_per_sample(adapter):
     loss = adapter.generation_loss(torch.rand(2, 3, 32, 32), ["a small red circle", "a large blue square"])
     assert loss.shape == (2,) and torch.isfinite(loss).all()
@@ -253,6 +263,41 @@ def test_unigame_trains_emu3_through_the_protocol(make_emu3, tmp_path, precision
             assert torch.equal(frozen_before[name], param), name  # VQ, embeddings, LM weights untouched
     assert len(trainer.buffer) > 0
     assert trainer.buffer.state_dict()["latents"].shape[1:] == (64, CFG.codebook_dim)  # z̃ stored, not pixels
+
+
+def test_bf16_run_decodes_the_perturbed_latent_in_fp32(make_emu3, tmp_path):
+    """As for Janus (tests/game/test_trainer.py): in a bf16 run the VQ decoding path stays float32 and
+    decodes with autocast off, so G(z + δ) − G(z) at ε = 0.01·‖z_t‖ equals the fp32 one (relative error
+    0 measured; bound 1e-6). Decoding in bf16 (bf16-stored VQ under autocast) got it wrong by 0.91."""
+    cfg = TrainConfig(
+        model=ModelConfig(path="unused-an-adapter-is-injected", precision="bf16"),
+        data=DataConfig(train_items=8, batch_size=2),
+        game=GameConfig(filter="none", budget="relative"),
+        optim=OptimConfig(steps=1),
+        logging=LoggingConfig(
+            checkpoint_every=0, tensorboard=False, plots=False, panel_items=0, progress=False
+        ),
+    )
+    trainer = UniGameTrainer(cfg, tmp_path / "emu3", make_emu3(), PooledPixels(), build_split("train", 8, 0))
+    trainer.setup()
+    vq = trainer.adapter.model.model.vqmodel
+    for module in trainer.adapter.fp32_modules():
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+        assert all(b.dtype == torch.float32 for b in module.buffers() if b.is_floating_point())
+    assert vq.encoder.time_res_stack[0].norm1.weight.dtype == torch.bfloat16  # the rest is stored in bf16
+    reference = make_emu3()
+    pixels = trainer.batches.batch([0, 1, 2, 3]).pixels
+    with torch.no_grad():
+        z = reference.encode_latents(pixels)  # (B, N, C), not unit-norm
+        direction = F.normalize(torch.randn(z.shape, generator=torch.Generator().manual_seed(0)), dim=-1)
+        z_tilde = z + 0.01 * z.norm(dim=-1, keepdim=True) * direction  # the relative budget at ε = 0.01
+        expected = reference.decode_latents(z_tilde) - reference.decode_latents(z)
+        with trainer._autocast():
+            got = trainer.adapter.decode_latents(z_tilde) - trainer.adapter.decode_latents(z)
+    assert expected.abs().max() > 1e-3
+    error = float((got - expected).norm() / expected.norm())
+    assert error < 1e-6, error
+    trainer.cleanup()
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,16 @@ def test_answer_and_generation_loops(adapter):
     torch.testing.assert_close(images, again)
 
 
+def test_generated_latents_are_the_codes_that_decode_to_the_generated_images(adapter):
+    """`generate_latents` (what official-style mining stores) decodes to `generate_images`' pixels."""
+    prompts = ["a small red circle", "a large blue square"]
+    latents = adapter.generate_latents(prompts, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    images = adapter.generate_images(prompts, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    assert latents.shape == (2, adapter.num_image_tokens, SMALL.codebook_dim)
+    assert torch.equal(adapter.codes_to_latents(adapter.quantize(latents)), latents)  # codebook entries
+    assert torch.equal(adapter.decode_latents(latents), images)
+
+
 def test_generation_loss_trains_the_generation_head(adapter):
     loss = adapter.generation_loss(
         torch.rand(2, 3, 32, 32), ["a small red circle", "a large blue square"], 0.5

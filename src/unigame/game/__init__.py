@@ -33,7 +33,7 @@ from unigame.game.filters import (
     SemanticScorer,
     build_filter,
 )
-from unigame.game.perturber import BUDGETS, NoisePerturber, Perturber, perturbation_regulariser
+from unigame.game.perturber import BUDGETS, REGULARISERS, NoisePerturber, Perturber, perturbation_regulariser
 from unigame.game.protocol import UnifiedModel, check_unified_model
 from unigame.game.run import load_recipe, train
 from unigame.game.run_logging import MetricsLogger
@@ -60,6 +60,7 @@ __all__ = [
     "NoisePerturber",
     "OptimConfig",
     "Perturber",
+    "REGULARISERS",
     "SemanticFilter",
     "SemanticScorer",
     "TrainConfig",

@@ -19,7 +19,8 @@ Miners (where buffer candidates come from; `build_miner`):
   per-sample CE: mining costs only the semantic filter.
 * `GenerationMiner` (`mining: official`) — the official code's mining: text-to-image from the
   question, with the token-space δ injected into the generation embeddings at every
-  autoregressive step; the candidates are the generated images (stored as their VQ latents).
+  autoregressive step; the candidates are the generated images, stored as the latents of the
+  generated codes, so replay re-decodes exactly the image that was scored.
 
 Everything here calls only the `UnifiedModel` protocol methods.
 """
@@ -339,10 +340,14 @@ class ChallengeMiner:
 class GenerationMiner:
     """`mining: official`: text-to-image from the question with δ injected at every generation step.
 
-    The adapter's `generate_images` must accept `embedding_hook`, a callable mapping the embeddings
-    fed at each autoregressive step (B', L, D) to perturbed ones, plus `guidance`, `temperature` and
-    `generator`. The perturber (token space, D = the language model's width) is the one the
-    challenge step trains; mining only reads it.
+    The adapter must have `generate_latents(prompts, guidance, temperature, generator,
+    embedding_hook)` (see `unigame.game.protocol.UnifiedModel`): the latents of the generated codes,
+    (B, N, D). They are what the buffer stores; the candidate image is their `decode_latents`, which
+    is what the hardness is scored on and what replay re-decodes, so the item replayed is the item
+    scored. (Storing `encode_latents(image)` instead would replay G(Enc_G(image)), a lossy round
+    trip: another image.) `embedding_hook` maps the embeddings fed at each autoregressive step
+    (B', L, D) to perturbed ones. The perturber (token space, D = the language model's width) is the
+    one the challenge step trains; mining only reads it.
     """
 
     has_pixels = True
@@ -361,13 +366,21 @@ class GenerationMiner:
 
     @staticmethod
     def check_adapter(adapter: UnifiedModel) -> None:
-        """Fail at setup when the adapter cannot inject a perturbation into generation."""
-        params = inspect.signature(adapter.generate_images).parameters
+        """Fail at setup when the adapter cannot generate latents with a perturbation injected."""
+        name = type(adapter).__name__
+        generate = getattr(adapter, "generate_latents", None)
+        if not callable(generate):
+            raise TypeError(
+                f"game.mining='official' needs {name}.generate_latents(prompts, guidance, temperature, "
+                "generator, embedding_hook) returning the (B, N, D) latents of the generated codes (the buffer "
+                "stores them and replay decodes them with decode_latents); add it, or use game.mining decoder."
+            )
+        params = inspect.signature(generate).parameters
         missing = [p for p in ("embedding_hook", "guidance", "temperature", "generator") if p not in params]
         if missing:
             raise TypeError(
-                f"game.mining='official' needs {type(adapter).__name__}.generate_images(..., "
-                f"{', '.join(missing)}=...); add the parameter(s) or use game.mining decoder."
+                f"game.mining='official' needs {name}.generate_latents(..., {', '.join(missing)}=...); add "
+                "the parameter(s) or use game.mining decoder."
             )
 
     def _inject(self, embeds: Tensor) -> Tensor:
@@ -383,22 +396,22 @@ class GenerationMiner:
         questions: list[str],
         answers: list[str],
     ) -> Candidates:
-        images = adapter.generate_images(
+        latents = adapter.generate_latents(
             questions,
             guidance=self.guidance,
             temperature=self.temperature,
             generator=self.generator,
             embedding_hook=self._inject,
-        )  # (B, 3, H, W)
-        images = images.float()
-        if images.shape[-2:] != pixels.shape[-2:]:
-            images = F.interpolate(images, size=pixels.shape[-2:], mode="bilinear")
-        latents = adapter.encode_latents(images).float()  # (B, N, D) stored and re-decoded on replay
-        hardness = adapter.understanding_loss(images, questions, answers).float()  # (B,)
-        return Candidates(latents, hardness, pixels, images, images)
+        ).float()  # (B, N, D) the generated codes' latents: what the buffer stores
+        images = adapter.decode_latents(latents).float()  # (B, 3, H, W) exactly what replay re-decodes
+        hardness = adapter.understanding_loss(images, questions, answers).float()  # (B,) on those images
+        view = images  # what the filter compares with the clean image, at its size
+        if view.shape[-2:] != pixels.shape[-2:]:
+            view = F.interpolate(view, size=pixels.shape[-2:], mode="bilinear")
+        return Candidates(latents, hardness, pixels, view, images)
 
     def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
-        """Understanding tokens of stored z̃ (re-decoded); generated images have no clean image."""
+        """Understanding tokens of stored latents, re-decoded; generated images have no clean image."""
         return tokens_from_latents(adapter, latents)
 
 

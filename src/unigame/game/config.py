@@ -35,6 +35,7 @@ Mining = Literal["decoder", "official"]
 FilterName = Literal["clip", "cosine", "none"]
 Calibration = Literal["absolute", "relative_to_clean"]
 Budget = Literal["auto", "absolute", "relative"]
+RegForm = Literal["sum", "mean"]
 Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
@@ -60,7 +61,9 @@ class ModelConfig:
         prompt: prompt layout: `tiny` (the tiny models), `janus_pro` (Janus-Pro's chat format) or
             `emu3_chat` (Emu3-Chat's format).
         precision: `fp32`, or `bf16`: bf16 autocast with the frozen weights stored in bf16; LoRA,
-            the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2).
+            the perturber, the perturbation, its regulariser and the losses stay fp32 (paper B.2),
+            and so does the decoder G that decodes z + delta (the adapter's `fp32_modules()`,
+            run with autocast off): bf16 would round a 1% offset of a latent token away.
         device: torch device (`cpu`, `cuda`, `cuda:1`). Under `accelerate launch`/`torchrun` with
             several processes: `cuda` (each process takes cuda:LOCAL_RANK) or `cpu` (gloo).
         gradient_checkpointing: recompute transformer layers' activations in the backward instead of
@@ -181,9 +184,18 @@ class GameConfig:
             for the decoder's unit-norm VQ latents, relative for understanding tokens (their norm
             is far from 1, so an absolute 0.02 would be invisible).
         perturber_hidden: MLP width W of the perturber; None: max(D, 64).
-        reg_lambda: lambda of L_C = CE - lambda*||delta||^2, >= 0 (||delta||^2 summed over a
-            sample's tokens: N*eps^2 at full budget). The paper gives no value; 0.1 keeps the pull
-            on eps gentle (6e-4 at eps 0.01 on the tiny model's 64 tokens) so CE drives the ascent.
+        reg_lambda: lambda of L_C = CE - lambda*||delta||^2, >= 0. Default 0 (the paper gives no
+            value). The perturber fixes every token's norm (||delta_t|| = eps, or eps*||z_t|| with
+            a relative budget), so ||delta||^2 depends on eps alone: a non-zero lambda never shapes
+            delta's direction, it only pulls the gate eps down, whatever the CE does. With
+            `reg_form: sum` and an absolute budget the pull on the gate's ascent is 2*lambda*N*eps
+            (N latent tokens), with `mean` 2*lambda*eps/D (D features per token). AdamW normalises
+            each step, so the pull matters relative to the CE's gradient on eps: where the CE
+            gives eps none, any lambda > 0 drives eps towards 0.
+        reg_form: the ||delta||^2 of the lambda term: `sum` (squares summed over a sample's
+            tokens and features, then averaged over the batch: N*eps^2 at an absolute budget) or
+            `mean` (mean of delta^2 over every element: eps^2/D, N*D times weaker; the official
+            code's negligible L2). Used only when reg_lambda > 0.
         beta: weight of the hard-sample term, L_U = CE_clean + beta*CE_hard (paper 0.5), >= 0.
         percentile: tau = this percentile of the mining batch's hardness (paper 60), in [0, 100].
         buffer: keep mined hard samples in the buffer and replay from it (paper); false: the
@@ -212,7 +224,8 @@ class GameConfig:
     eps_init: float = 0.01
     budget: Budget = "auto"
     perturber_hidden: int | None = None
-    reg_lambda: float = 0.1
+    reg_lambda: float = 0.0
+    reg_form: RegForm = "sum"
     beta: float = 0.5
     percentile: float = 60.0
     buffer: bool = True
@@ -425,7 +438,8 @@ def _errors(cfg: TrainConfig) -> list[str]:
         )
     if g.perturber_hidden is not None:
         ge("game.perturber_hidden", g.perturber_hidden, 1)
-    num("game.reg_lambda", g.reg_lambda, lambda v: v >= 0, "a number >= 0")
+    num("game.reg_lambda", g.reg_lambda, lambda v: v >= 0, "a number >= 0 (default 0)")
+    choice("game.reg_form", g.reg_form, RegForm)
     num("game.beta", g.beta, lambda v: v >= 0, "a number >= 0 (paper 0.5)")
     num("game.percentile", g.percentile, lambda v: 0 <= v <= 100, "a number in [0, 100] (paper 60)")
     ge("game.capacity", g.capacity, 1)

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BUDGETS", "NoisePerturber", "Perturber", "perturbation_regulariser"]
+__all__ = ["BUDGETS", "REGULARISERS", "NoisePerturber", "Perturber", "perturbation_regulariser"]
 
 Budget = Literal["absolute", "relative"]
 
@@ -75,14 +75,36 @@ def _relative_radius(z: Tensor) -> Tensor:
 BUDGETS: dict[str, Callable[[Tensor], Tensor]] = {"absolute": _absolute_radius, "relative": _relative_radius}
 
 
-def perturbation_regulariser(delta: Tensor) -> Tensor:
-    """Return ‖δ‖² for the λ‖δ‖² term of L_C: squared entries summed per sample, then mean over batch.
-
-    Exactly ``(1/B) Σ_b Σ_{t,d} δ[b, t, d]²`` — i.e. the squared L2 norm of each sample's whole
-    perturbation (all tokens, all features), averaged over the B samples (dim 0). It is in float32
-    and scales with the token count N: with every token at ‖δ_t‖ = ε it equals N·ε².
-    """
+def _sum_of_squares(delta: Tensor) -> Tensor:
+    """``(1/B) Σ_b Σ_{t,d} δ[b, t, d]²``: each sample's squared L2 norm (all tokens and features),
+    averaged over the batch (dim 0). With every token at ‖δ_t‖ = ε it equals N·ε²."""
     return delta.float().pow(2).flatten(1).sum(dim=1).mean()  # () scalar
+
+
+def _mean_of_squares(delta: Tensor) -> Tensor:
+    """``mean_{b,t,d} δ[b, t, d]²``: the per-element mean (the official code's form). With every
+    token at ‖δ_t‖ = ε it equals ε²/D, N·D times less than `_sum_of_squares`."""
+    return delta.float().pow(2).mean()  # () scalar
+
+
+# Forms of the ‖δ‖² term of L_C (`game.reg_form`), picked once at setup; each maps δ (B, ...) to a
+# float32 scalar.
+REGULARISERS: dict[str, Callable[[Tensor], Tensor]] = {"sum": _sum_of_squares, "mean": _mean_of_squares}
+
+
+def perturbation_regulariser(delta: Tensor, form: str = "sum") -> Tensor:
+    """Return the ‖δ‖² of the λ‖δ‖² term of L_C, in float32.
+
+    ``form="sum"``: ``(1/B) Σ_b Σ_{t,d} δ[b, t, d]²``, the squared L2 norm of each sample's whole
+    perturbation (all tokens, all features) averaged over the B samples (dim 0); N·ε² when every
+    token has ‖δ_t‖ = ε. ``form="mean"``: the mean of δ² over every element, ε²/D then.
+
+    The perturber fixes each token's norm (ε, or ε·‖z_t‖ with a relative budget), so either form
+    depends on ε alone: λ > 0 never shapes δ's direction, it only pulls the gate ε down.
+    """
+    if form not in REGULARISERS:
+        raise ValueError(f"form must be one of {sorted(REGULARISERS)}, got {form!r}.")
+    return REGULARISERS[form](delta)
 
 
 class _GatedPerturbation(nn.Module):
@@ -127,9 +149,10 @@ class _GatedPerturbation(nn.Module):
         """Current budget ε = ε_max·sigmoid(s), a differentiable 0-d float32 tensor."""
         return self.eps_max * torch.sigmoid(self.gate)
 
-    def regulariser(self, delta: Tensor) -> Tensor:
-        """Return ``(1/B) Σ_b ‖δ_b‖²`` (all tokens and features of a sample), see `perturbation_regulariser`."""
-        return perturbation_regulariser(delta)
+    def regulariser(self, delta: Tensor, form: str = "sum") -> Tensor:
+        """Return ‖δ‖² in `form` (``sum``: ``(1/B) Σ_b ‖δ_b‖²``; ``mean``: per element), see
+        `perturbation_regulariser`."""
+        return perturbation_regulariser(delta, form)
 
     def _directions(self, z: Tensor) -> Tensor:
         """Return un-normalised per-token directions (..., D) for float32 tokens z (..., D)."""

@@ -25,6 +25,18 @@ class UnifiedModel(Protocol):
     modules named by `lora_target_modules()` (a regex over `model.named_modules()`) are the only
     ones that learn. Decoding must be differentiable: the decoder-constrained adversary's gradient
     flows through `decode_latents` and `understanding_loss` to the perturbation.
+
+    Optional methods, used when present:
+
+    * ``fp32_modules() -> list[nn.Module]`` — the modules `decode_latents` runs (decoder, its input
+      convolution, the codebook). With ``model.precision: bf16`` the trainer stores every other
+      frozen weight in bf16 and leaves these in float32; without the method the decoder is stored
+      in bf16 too (the trainer warns), and a small perturbation of the latents is lost in rounding.
+    * ``generate_latents(prompts, guidance, temperature, generator, embedding_hook) -> Tensor`` —
+      text-to-image as (B, N, D) latents of the sampled codes, which `decode_latents` turns into
+      the images. Needed by ``game.mining: official``: the buffer stores these latents and replay
+      re-decodes them, so the image scored at mining is the image replayed (re-encoding a
+      generated image would store a lossy round trip instead).
     """
 
     model: nn.Module
@@ -52,7 +64,12 @@ class UnifiedModel(Protocol):
         ...
 
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """(B, N, D) latents -> (B, 3, H, W) pixels in [0, 1]; differentiable."""
+        """(B, N, D) latents -> (B, 3, H, W) pixels in [0, 1]; differentiable.
+
+        Decode in float32 with autocast off (``torch.autocast(device_type, enabled=False)`` and
+        ``latents.float()``), also when called under bf16 autocast: bf16 keeps 8 mantissa bits and
+        rounds a 1% offset of a unit-norm latent away. List the modules it runs in `fp32_modules`.
+        """
         ...
 
     def generate_images(self, prompts: list[str]) -> Tensor:
@@ -80,7 +97,7 @@ REQUIRED_METHODS: tuple[str, ...] = (
     "lora_target_modules",
 )
 
-# The official-style miner passes this to `generate_images(..., embedding_hook=...)`: it maps the
+# The official-style miner passes this to `generate_latents(..., embedding_hook=...)`: it maps the
 # generation embeddings fed at each autoregressive step, (B', L, D) -> (B', L, D).
 EmbeddingHook = Callable[[Tensor], Tensor]
 

@@ -14,7 +14,7 @@ import json
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from unigame.game.checkpoint import (
 from unigame.game.config import ConfigError, TrainConfig, config_diff
 from unigame.game.distributed import Distributed, is_sharded, rank_seed
 from unigame.game.filters import SemanticFilter, SemanticScorer
-from unigame.game.perturber import perturbation_regulariser
+from unigame.game.perturber import REGULARISERS
 from unigame.game.protocol import UnifiedModel, check_unified_model
 from unigame.game.run_logging import LabelCounts, MetricsLogger, hard_sample_panel, plot_training_curves
 from unigame.game.signals import StopRequest
@@ -211,8 +211,10 @@ class UniGameTrainer:
                 module.train()  # ...but LoRA's own dropout (paper 0.05) is on while training
         if cfg.model.gradient_checkpointing:
             _enable_activation_checkpointing(self.adapter.model)
-        if self.bf16:  # frozen weights never update, so they need no fp32 master copy
-            _store_frozen_in_bf16(self.peft_model)
+        if self.bf16:  # frozen weights never update, so they need no fp32 master copy...
+            _store_frozen_in_bf16(
+                self.peft_model, keep=self._fp32_modules()
+            )  # ...but G decodes z + δ in fp32
         # FSDP: shard the decoder layers after LoRA and the bf16 cast, since sharding replaces the
         # parameters; rank 0's LoRA weights are broadcast first, while they are still whole tensors.
         if self.dist.fsdp:
@@ -254,6 +256,7 @@ class UniGameTrainer:
                     residual_decode=game.residual_decode,
                 )
             self.perturber = self.adversary.perturber
+            self.regulariser = REGULARISERS[game.reg_form]  # ‖δ‖² of L_C's λ term (sum or mean)
             self.generation_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
             self.miner = build_miner(
                 game.mining,
@@ -307,6 +310,21 @@ class UniGameTrainer:
             self.logger = MetricsLogger(self.run_dir, METRICS, cfg.logging.tensorboard, resumed_step)
             self._write_config()
             self._report_bad_records()
+
+    def _fp32_modules(self) -> list[nn.Module]:
+        """The adapter's modules that stay float32 in a bf16 run (its decoder, see the protocol)."""
+        fp32_modules = getattr(self.adapter, "fp32_modules", None)
+        if fp32_modules is not None:
+            return list(fp32_modules())
+        if self.cfg.game.enabled and self.cfg.game.adversary == "decoder":
+            warnings.warn(
+                f"model.precision='bf16': {type(self.adapter).__name__} has no fp32_modules(), so its decoder "
+                "is stored in bf16 like every frozen weight, and bf16 rounds a perturbation of ~1% of a latent "
+                "token away. Add fp32_modules() returning the modules decode_latents runs "
+                "(unigame.game.protocol.UnifiedModel), or set model.precision fp32.",
+                stacklevel=3,
+            )
+        return []
 
     def _check_launcher_precision(self) -> None:
         launcher = self.dist.mixed_precision
@@ -400,7 +418,7 @@ class UniGameTrainer:
         attack = None
         for _ in range(game.challenge_steps):
             attack = self.adversary.attack(self.adapter, clean, batch.questions, batch.answers, batch.pixels)
-            reg = perturbation_regulariser(attack.delta)  # ‖δ‖² per sample, fp32
+            reg = self.regulariser(attack.delta)  # ‖δ‖², fp32; depends on ε alone (per-token norm fixed)
             loss_challenge = attack.ce.mean() - game.reg_lambda * reg  # L_C, fp32
             if not self._finite(loss_challenge):
                 return None
@@ -931,11 +949,15 @@ class UniGameTrainer:
         return state
 
 
-def _store_frozen_in_bf16(model: nn.Module) -> None:
+def _store_frozen_in_bf16(model: nn.Module, keep: Sequence[nn.Module] = ()) -> None:
     """Store every frozen weight in bf16, and the floating buffers of modules whose weights are all
     frozen with them: norm kernels reject bf16 weights with fp32 running statistics (BatchNorm in
-    Emu3's VQ). Buffers of weightless modules (rotary inverse frequencies) stay fp32."""
+    Emu3's VQ). Buffers of weightless modules (rotary inverse frequencies) stay fp32, and so does
+    everything inside `keep` (the adapter's `fp32_modules()`: the decoder that decodes z + δ)."""
+    kept = {id(m) for root in keep for m in root.modules()}
     for module in model.modules():
+        if id(module) in kept:
+            continue
         own = list(module.parameters(recurse=False))
         frozen = [p for p in own if not p.requires_grad]
         for p in frozen:

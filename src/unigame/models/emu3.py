@@ -262,15 +262,25 @@ class Emu3Adapter:
         `Emu3VQVAE.decode` only takes codes (and runs under no_grad in `decode_image_tokens`), so
         this does its steps on continuous latents: post_quant_conv, then the decoder, which also
         conditions its spatial norms on the latent itself.
+
+        Autocast is off and the latents are cast to float32, also inside a bf16 autocast region:
+        bf16 would round a perturbation of ~1% of a token away. The decoder runs at its weights'
+        precision: float32, since a bf16 run keeps `fp32_modules()` out of its bf16 storage.
         """
         vq = self.model.model.vqmodel
         batch, n, channels = latents.shape
-        quant = latents.transpose(1, 2).reshape(batch, channels, 1, self.grid, self.grid)  # (B, C, 1, h, w)
-        quant = quant.to(vq.post_quant_conv.conv.weight.dtype)
-        post = vq.post_quant_conv(quant)  # (B, C_lat, 1, h, w)
-        frames = vq.decoder(post.permute(0, 2, 1, 3, 4), quant.permute(0, 2, 1, 3, 4))  # (B*T, 3, H, W)
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            quant = latents.float().transpose(1, 2).reshape(batch, channels, 1, self.grid, self.grid)
+            quant = quant.to(vq.post_quant_conv.conv.weight.dtype)  # (B, C, 1, h, w); float32 unless cast
+            post = vq.post_quant_conv(quant)  # (B, C_lat, 1, h, w)
+            frames = vq.decoder(post.permute(0, 2, 1, 3, 4), quant.permute(0, 2, 1, 3, 4))  # (B*T, 3, H, W)
         image = frames.view(batch, -1, *frames.shape[1:])[:, 0].float()  # (B, 3, H, W) the first frame
         return (image * self._std.to(image) + self._mean.to(image)).clamp(0, 1)
+
+    def fp32_modules(self) -> list[torch.nn.Module]:
+        """The VQ's decoding path (codebook, post_quant_conv, decoder): a bf16 run keeps it in float32."""
+        vq = self.model.model.vqmodel
+        return [vq.quantize, vq.post_quant_conv, vq.decoder]
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_latents(self.codes_to_latents(codes))
@@ -431,6 +441,21 @@ class Emu3Adapter:
         return codes
 
     @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: list[str],
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Text-to-image as (B, h*w, C) latents: the codebook entries of the sampled codes, which
+        `decode_latents` maps to the images `generate_images` returns; arguments as in `generate_codes`."""
+        return self.codes_to_latents(
+            self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        )
+
+    @torch.no_grad()
     def generate_images(
         self,
         prompts: list[str],
@@ -440,8 +465,8 @@ class Emu3Adapter:
         embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Text-to-image: (B, 3, H, W) pixels in [0,1]; arguments as in `generate_codes`."""
-        return self.decode_codes(
-            self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        return self.decode_latents(
+            self.generate_latents(prompts, guidance, temperature, generator, embedding_hook)
         )
 
     # ------------------------------------------------------------------ LoRA

@@ -203,16 +203,34 @@ class JanusAdapter:
         return codebook[codes]  # (B, N, D)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) latents -> (B, 3, H, W) pixels in [0,1]; differentiable w.r.t. the latents."""
+        """(B, N, D) latents -> (B, 3, H, W) pixels in [0,1]; differentiable w.r.t. the latents.
+
+        Runs in float32 with autocast off, also inside a bf16 autocast region (see
+        `decode_latents_raw`).
+        """
         return ((self.decode_latents_raw(latents).float() + 1) / 2).clamp(0, 1)
 
     def decode_latents_raw(self, latents: torch.Tensor) -> torch.Tensor:
-        """The VQ decoder's own output range (~[-1, 1]), unclamped: what its training loss sees."""
+        """The VQ decoder's own output range (~[-1, 1]), unclamped: what its training loss sees.
+
+        Autocast is off and the latents are cast to float32: bf16 keeps 8 mantissa bits, so it
+        would round a 1% offset of these unit-norm latents away (a bf16 decoder gets G(z + δ) − G(z)
+        at ε = 0.01 wrong by ~100% on the tests' random tiny Janus). The decoder runs at its weights'
+        precision: float32, since a bf16 run keeps `fp32_modules()` out of its bf16 storage.
+        """
         vq = self.model.model.vqmodel
         side = int(round(latents.shape[1] ** 0.5))
-        grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], side, side)  # (B, D, h, w)
-        grid = grid.to(vq.post_quant_conv.weight.dtype)
-        return vq.decoder(vq.post_quant_conv(grid))  # (B, 3, H, W)
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            grid = latents.float().transpose(1, 2).reshape(latents.shape[0], latents.shape[2], side, side)
+            grid = grid.to(
+                vq.post_quant_conv.weight.dtype
+            )  # (B, D, h, w); float32 unless the caller cast the VQ
+            return vq.decoder(vq.post_quant_conv(grid))  # (B, 3, H, W)
+
+    def fp32_modules(self) -> list[torch.nn.Module]:
+        """The VQ's decoding path (codebook, post_quant_conv, decoder): a bf16 run keeps it in float32."""
+        vq = self.model.model.vqmodel
+        return [vq.quantize, vq.post_quant_conv, vq.decoder]
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_latents(self.codes_to_latents(codes))
@@ -300,6 +318,21 @@ class JanusAdapter:
         return codes
 
     @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: list[str],
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Text-to-image as (B, N, D) latents: the codebook entries of the sampled codes, which
+        `decode_latents` maps to the images `generate_images` returns; arguments as in `generate_codes`."""
+        return self.codes_to_latents(
+            self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
+        )
+
+    @torch.no_grad()
     def generate_images(
         self,
         prompts: list[str],
@@ -309,8 +342,9 @@ class JanusAdapter:
         embedding_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Text-to-image: (B, 3, H, W) pixels in [0,1]; `embedding_hook` as in `generate_codes`."""
-        codes = self.generate_codes(prompts, guidance, temperature, generator, embedding_hook)
-        return self.decode_codes(codes)
+        return self.decode_latents(
+            self.generate_latents(prompts, guidance, temperature, generator, embedding_hook)
+        )
 
     # ------------------------------------------------------------------ LoRA
     def lora_target_modules(self) -> str:
