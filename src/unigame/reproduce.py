@@ -89,6 +89,7 @@ def _equal_examples(recipe: TrainConfig) -> dict[str, Any]:
 
 # Table 4's random-noise row: token-space noise, neither filter nor buffer.
 _NOISE = {"game.adversary": "noise", "game.filter": "none", "game.buffer": False}
+_EMBEDDING = {"game.adversary": "embedding"}
 BASELINE = Row("baseline", "baseline (no post-training)", trains=False)
 SFT = Row("sft", "SFT", {"game.enabled": False})
 SFT_EQUAL = Row(
@@ -96,9 +97,9 @@ SFT_EQUAL = Row(
 )
 FULL = Row("full", "full: decoding + CLIP + buffer (UniGame)", {})
 EPS0 = Row("eps0", "UniGame with ε = 0", {"game.eps_max": 0.0})
-OFFICIAL = Row(
-    "official", "official-style mining", {"game.adversary": "embedding", "game.mining": "official"}
-)
+OFFICIAL = Row("official", "official-style mining", {**_EMBEDDING, "game.mining": "official"})
+# The paper's x̃ = G(z + δ), without residual decoding: candidates carry the VQ's reconstruction error.
+FULL_DIRECT = Row("full-direct", "full, direct decoding G(z + δ) (paper)", {"game.residual_decode": False})
 # The rows every trained row is compared with, pair by pair over shared seeds (when in the table).
 REFERENCES = ("sft", "sft-equal")
 
@@ -108,13 +109,14 @@ TABLES: dict[str, tuple[Row, ...]] = {
         SFT,
         SFT_EQUAL,
         Row("noise", "random noise in token space", _NOISE),
-        Row("embedding", "embedding-adversarial", {"game.adversary": "embedding", "game.filter": "none", "game.buffer": False}),
-        Row("embedding-cosine", "embedding-adversarial + cosine", {"game.adversary": "embedding", "game.filter": "cosine", "game.buffer": False}),
-        Row("embedding-cosine-buffer", "embedding-adversarial + cosine + buffer", {"game.adversary": "embedding", "game.filter": "cosine"}),
+        Row("embedding", "embedding-adversarial", {**_EMBEDDING, "game.filter": "none", "game.buffer": False}),
+        Row("embedding-cosine", "embedding-adversarial + cosine", {**_EMBEDDING, "game.filter": "cosine", "game.buffer": False}),
+        Row("embedding-cosine-buffer", "embedding-adversarial + cosine + buffer", {**_EMBEDDING, "game.filter": "cosine"}),
         Row("decoding", "decoding only", {"game.filter": "none", "game.buffer": False}),
         Row("decoding-cosine", "decoding + cosine", {"game.filter": "cosine", "game.buffer": False}),
         Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}),
         FULL,
+        FULL_DIRECT,
         EPS0,
         OFFICIAL,
     ),

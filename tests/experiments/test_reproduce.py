@@ -58,7 +58,7 @@ def test_parse_set_reads_yaml_values_and_rejects_malformed_items():
 
 def test_table4_rows_are_the_papers_ablation_switches_and_the_controls():
     rows = {row.name: row for row in TABLES["4"]}
-    assert len(rows) == 13
+    assert len(rows) == 14
     switches = {
         name: (cfg.game.enabled, cfg.game.adversary, cfg.game.mining, cfg.game.filter, cfg.game.buffer)
         for name, row in rows.items()
@@ -75,11 +75,17 @@ def test_table4_rows_are_the_papers_ablation_switches_and_the_controls():
         "decoding-cosine": (True, "decoder", "decoder", "cosine", False),
         "decoding-clip": (True, "decoder", "decoder", "clip", False),
         "full": (True, "decoder", "decoder", "clip", True),
+        "full-direct": (True, "decoder", "decoder", "clip", True),  # the paper's G(z + δ), below
         # official-style mining: text-to-image from the question, the embedding adversary's δ
         # injected; the CLIP filter scores those generated images, so it stays valid here.
         "official": (True, "embedding", "official", "clip", True),
     }
     assert not rows["baseline"].trains
+    residual = {
+        name: apply_overrides(TrainConfig(), rows[name].overrides).game.residual_decode
+        for name in ("full", "full-direct")
+    }
+    assert residual == {"full": True, "full-direct": False}  # the ablation reports both decodings
     assert [r.name for r in TABLES["main"]] == ["baseline", "sft", "full"]
 
 

@@ -93,10 +93,6 @@ def test_all_errors_are_reported_together_with_key_value_and_range():
         ),
         ({"eps_init": 0.0}, "game.eps_init=0.0"),
         ({"mining": "official"}, "game.mining='official' with game.adversary='decoder' is invalid"),
-        (
-            {"adversary": "noise", "filter": "none", "residual_decode": True},
-            "game.residual_decode=true with game.adversary='noise' is invalid",
-        ),
         ({"adversary": "embedding"}, "token-space candidates have no image"),
         ({"clip_margin": 1.5}, "game.clip_margin=1.5"),
         ({"mining": "ar"}, "game.mining='ar' is invalid: allowed decoder | official"),
@@ -201,3 +197,14 @@ def test_extra_clean_items_is_an_sft_control_only():
         TrainConfig(data=DataConfig(extra_clean_items=-1), game=GameConfig(enabled=False)).validate()
     with pytest.raises(ConfigError, match=r"data.extra_clean_items=4 is invalid with game.enabled=true"):
         TrainConfig(data=DataConfig(extra_clean_items=4)).validate()
+
+
+def test_residual_decoding_is_the_tiny_default_and_token_adversaries_ignore_it():
+    """The tiny base's VQ is lossy, so candidates are x + G(z + δ) − G(z) unless asked otherwise; a
+    token-space adversary decodes nothing, so the default must not make it invalid."""
+    from unigame.game.config import GameConfig, TrainConfig
+
+    assert GameConfig().residual_decode is True
+    cfg = TrainConfig()
+    cfg.game.adversary, cfg.game.filter = "noise", "none"
+    cfg.validate()

@@ -157,8 +157,11 @@ class GameConfig:
             style: understanding-token space), `noise` (random token-space directions, no MLP).
         residual_decode: decoder adversary only: the candidate is x̃ = x + G(z+δ) − G(z) instead
             of the paper's G(z+δ), so it differs from x by what δ changes through the decoder and
-            not by the VQ's reconstruction error (on the tiny base that error alone costs ~11
-            points of accuracy; see docs/results/investigation.md).
+            not by the VQ's reconstruction error. On by default because the tiny base's VQ is lossy:
+            its round trip G(z) loses the scene or the answer on a sizeable share of images
+            (docs/base.md), and replaying such images trains on labels that no longer hold. Set
+            false for the paper's direct decoding (the Janus-Pro recipes do). Token-space
+            adversaries (embedding, noise) decode nothing and ignore it.
         mining: where hard candidates come from: `decoder` (the challenge forward's own perturbed
             input, reused), `official` (text-to-image from the question with the token-space
             perturbation injected at every generation step; needs adversary embedding or noise).
@@ -214,7 +217,7 @@ class GameConfig:
     enabled: bool = True
     adversary: Adversary = "decoder"
     mining: Mining = "decoder"
-    residual_decode: bool = False
+    residual_decode: bool = True
     filter: FilterName = "clip"
     clip_threshold: float = 0.6
     clip_calibration: Calibration = "relative_to_clean"
@@ -455,11 +458,6 @@ def _errors(cfg: TrainConfig) -> list[str]:
             f"data.extra_clean_items={d.extra_clean_items!r} is invalid with game.enabled=true: extra clean "
             "items are the SFT control's counterpart of UniGame's replayed batch (allowed: 0, or set "
             "game.enabled false)"
-        )
-    if g.residual_decode and g.adversary != "decoder":
-        errors.append(
-            f"game.residual_decode=true with game.adversary={g.adversary!r} is invalid: residual decoding "
-            "applies to the decoder adversary only (allowed: adversary decoder, or residual_decode false)"
         )
     if g.mining == "official" and g.adversary == "decoder":
         errors.append(
