@@ -211,10 +211,10 @@ class UniGameTrainer:
                 module.train()  # ...but LoRA's own dropout (paper 0.05) is on while training
         if cfg.model.gradient_checkpointing:
             _enable_activation_checkpointing(self.adapter.model)
-        if self.bf16:  # frozen weights never update, so they need no fp32 master copy...
-            _store_frozen_in_bf16(
-                self.peft_model, keep=self._fp32_modules()
-            )  # ...but G decodes z + δ in fp32
+        if self.bf16:
+            # Frozen weights never update, so they need no fp32 master copy; the adapter's decoder stays
+            # fp32 all the same, since bf16 would round the perturbation of z + δ away.
+            _store_frozen_in_bf16(self.peft_model, keep=self._fp32_modules())
         # FSDP: shard the decoder layers after LoRA and the bf16 cast, since sharding replaces the
         # parameters; rank 0's LoRA weights are broadcast first, while they are still whole tensors.
         if self.dist.fsdp:
