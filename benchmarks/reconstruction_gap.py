@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from unigame.data.pixels import images_to_pixels
-    from unigame.data.shapes import Scene, ShapesConfig, answer_question, judge, judge_scene
+    from unigame.data.shapes import Scene, ShapesConfig, judge_scene, label_holds
     from unigame.data.splits import build_split
     from unigame.models.janus import JanusAdapter
 
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                 for picture, record in zip(uint8, chunk):
                     scene = Scene.from_dict(record.meta["scene"])
                     scene_kept[name].append(judge_scene(picture, scene, config).all_correct)
-                    read = answer_question(record.question, judge(picture, config))
-                    label_kept[name].append(read == record.answer)
+                    label_kept[name].append(label_holds(picture, record.question, record.answer, config))
     print(f"{len(records)} ShapesWorld {args.split} items, model {args.model}\n")
     print("| input | mean CE | accuracy | answers changed vs x | scene kept (judge) | label kept (judge) |")
     print("|---|---:|---:|---:|---:|---:|")

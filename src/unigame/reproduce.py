@@ -179,8 +179,11 @@ def table_rows(table: str, best: Mapping[str, Any] | None = None) -> list[Row]:
                 "--table confirm needs --best KEY=VALUE ...: the overrides chosen on the val split, "
                 "e.g. --best game.eps_max=0.1 game.beta=1.0"
             )
+        best = dict(best)
+        if "game.eps_max" in best and "game.eps_init" not in best:
+            best["game.eps_init"] = best["game.eps_max"] / 2  # as the budget sweep trained that point
         shown = ", ".join(f"{k}={v}" for k, v in best.items())
-        rows.append(Row("best", f"best: full + {shown}", dict(best)))
+        rows.append(Row("best", f"best: full + {shown}", best))
     elif best:
         raise ValueError(f"--best applies to --table confirm only (got --table {table})")
     return rows
@@ -379,6 +382,25 @@ def run_job(job: Job) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
 
 
+def _check_reused_run(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to reuse (or resume) a run trained with another config under the same row name, e.g.
+    `--table confirm` rerun into the same folder with a different `--best` or `--set`."""
+    import yaml
+
+    from unigame.game.config import config_diff
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    differences = config_diff(yaml.safe_load(saved.read_text()), cfg.to_dict())
+    if differences:
+        raise ValueError(
+            f"{run_dir} holds a run with another config than this grid asks for:\n  "
+            + "\n  ".join(differences)
+            + "\nUse another --output, or delete that run folder to retrain it."
+        )
+
+
 def _train_and_evaluate(job: Job) -> dict[str, Any]:
     eval_dir = Path(job.eval_dir)
     eval_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -394,6 +416,7 @@ def _train_and_evaluate(job: Job) -> dict[str, Any]:
         if job.cfg is not None:
             run_dir = Path(job.run_dir)
             lora_dir = _final_lora(run_dir, job.cfg.optim.steps)
+            _check_reused_run(run_dir, job.cfg)
             if not (lora_dir / "adapter_config.json").is_file():
                 from unigame.game.run import train
 
@@ -613,8 +636,8 @@ def paired_stats(differences: Sequence[float]) -> dict[str, Any]:
     """Mean paired difference, its standard error (sample std / sqrt(n)), the paired t statistic
     and the two-sided p-values of the paired t-test (df n-1) and the sign test.
 
-    With fewer than two pairs, se, t and p_t are None; with a zero spread, t is None and p_t is 1
-    when the mean is 0 and 0 otherwise."""
+    With fewer than two pairs, se, t and p_t are None; with a zero spread the t-test is undefined
+    (t and p_t None) and only the sign test speaks."""
     d = np.asarray(differences, dtype=np.float64)
     n = int(d.size)
     out: dict[str, Any] = {"n": n, "mean": float(d.mean()) if n else None, "se": None, "t": None, "p_t": None}
@@ -624,8 +647,6 @@ def paired_stats(differences: Sequence[float]) -> dict[str, Any]:
         if out["se"] > 0:
             out["t"] = out["mean"] / out["se"]
             out["p_t"] = t_test_p(out["t"], n - 1)
-        else:
-            out["p_t"] = 1.0 if out["mean"] == 0 else 0.0
     return out
 
 
@@ -817,8 +838,8 @@ def reproduce(
 
     Args:
         table: `4` (the ablation: baseline, SFT, SFT with equal examples per update, noise,
-            embedding (+cosine, +buffer), decoding (+cosine, +CLIP), full, UniGame with ε = 0,
-            official-style mining), `main` (baseline / SFT / UniGame on understanding, robustness,
+            embedding (+cosine, +buffer), decoding (+cosine, +CLIP), full, full with the paper's
+            direct decoding, UniGame with ε = 0, official-style mining), `main` (baseline / SFT / UniGame on understanding, robustness,
             consistency and generation) or `confirm` (the final test-split decision: baseline, SFT,
             SFT with equal examples, ε = 0, full and `best` = full + --best). Default: main,
             unless --figure is given.
@@ -838,7 +859,7 @@ def reproduce(
             Default: test for tables; figures run on val only.
         rows: only these rows of the table (their names: baseline, sft, sft-equal, noise, embedding,
             embedding-cosine, embedding-cosine-buffer, decoding, decoding-cosine, decoding-clip,
-            full, eps0, official, best), e.g. [sft,full] or `--rows sft full`.
+            full, full-direct, eps0, official, best), e.g. [sft,full] or `--rows sft full`.
         set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), several
             space-separated, or a list ('[game.eps_max=0.05,game.beta=1.0]').
         best: `--table confirm` only (required there): the overrides of the `best` row on top of
@@ -979,7 +1000,7 @@ def results_markdown(record: Mapping[str, Any], table: str, paired: str = "", pl
         f"# {record['title']}\n",
         table + "\n",
         f"Percent (x100 for cosines); mean ± sample std over training seeds {record['seeds']} "
-        f"(`cfg.seed` = `data.split_seed` = seed); rows with one value are deterministic."
+        f"(`cfg.seed` = `data.split_seed` = seed); a row with one value has one run (the baseline, or --seeds 1)."
         + (
             " Learned ε: the gate's final value (not x100), – for rows without a perturber."
             if has_eps

@@ -89,17 +89,8 @@ def test_table4_rows_are_the_papers_ablation_switches_and_the_controls():
     assert [r.name for r in TABLES["main"]] == ["baseline", "sft", "full"]
 
 
-# Rows whose keys (data.extra_clean_items, game.eps_max=0) a config may not know yet: checked by
-# their overrides here, and through plan_jobs by the test below once the config accepts them.
+# The two controls, checked by their overrides here and through plan_jobs below.
 CONTROLS = ("sft-equal", "eps0")
-
-
-def _accepts(overrides) -> bool:
-    try:
-        apply_overrides(TrainConfig(), overrides).validate()
-    except ValueError:
-        return False
-    return True
 
 
 def test_control_rows_derive_their_overrides_from_the_recipe():
@@ -116,10 +107,6 @@ def test_control_rows_derive_their_overrides_from_the_recipe():
     ]
 
 
-@pytest.mark.skipif(
-    not all(_accepts(r.overrides_for(TrainConfig())) for r in TABLES["4"] if r.name in CONTROLS),
-    reason="this config does not accept data.extra_clean_items or game.eps_max=0 yet",
-)
 def test_plan_jobs_gives_the_control_rows_their_settings(tmp_path):
     recipe = apply_overrides(TrainConfig(), {"data.batch_size": 6})
     rows = [r for r in TABLES["4"] if r.name in CONTROLS]
@@ -133,12 +120,14 @@ def test_confirm_table_adds_best_as_full_plus_the_given_overrides(tmp_path):
     best = parse_set(["game.eps_max=0.1", "game.beta=1.0"])
     rows = table_rows("confirm", best)
     assert [r.name for r in rows] == ["baseline", "sft", "sft-equal", "eps0", "full", "best"]
-    assert rows[-1].label == "best: full + game.eps_max=0.1, game.beta=1.0"
+    # ε_init follows ε_max as the budget sweep trained that point (ε_max / 2)
+    assert rows[-1].label == "best: full + game.eps_max=0.1, game.beta=1.0, game.eps_init=0.05"
     jobs = plan_jobs([rows[-1]], [2], TrainConfig(), tmp_path / "base", tmp_path / "out")
     cfg = jobs[0].cfg
-    assert (cfg.game.enabled, cfg.game.eps_max, cfg.game.beta, cfg.game.adversary) == (
+    assert (cfg.game.enabled, cfg.game.eps_max, cfg.game.eps_init, cfg.game.beta, cfg.game.adversary) == (
         True,
         0.1,
+        0.05,
         1.0,
         "decoder",
     )
@@ -402,7 +391,9 @@ def test_sign_test_p_counts_non_zero_differences():
 
 def test_paired_stats_of_one_pair_or_no_spread():
     assert paired_stats([2.0]) == {"n": 1, "mean": 2.0, "se": None, "t": None, "p_t": None, "p_sign": 1.0}
-    assert paired_stats([2.0, 2.0])["p_t"] == 0.0 and paired_stats([0.0, 0.0])["p_t"] == 1.0
+    # No spread: the t statistic is undefined (not "p = 0"); only the sign test speaks.
+    assert paired_stats([2.0, 2.0])["p_t"] is None and paired_stats([0.0, 0.0])["p_t"] is None
+    assert paired_stats([2.0, 2.0])["p_sign"] == 0.5
 
 
 # ---------------------------------------------------------------- summaries of synthetic grids
@@ -521,7 +512,26 @@ def test_a_figure_run_writes_its_plot_table_and_record(tmp_path, monkeypatch):
     text = (out / "figure-budget.md").read_text()
     assert text.startswith("# Figure budget: perturbation budget")
     assert "| ε_max = 0.1 | 2 | 58.5 ± 0.7 |" in text and "| 0.075 ± 0 | 50.0 ± 0.0 |" in text
-    assert "| ε_max = 0.02 − SFT | 2 | +2.0 ± 0.0 (p <0.001 / 0.500) |" in text
+    assert "| ε_max = 0.02 − SFT | 2 | +2.0 ± 0.0 (p – / 0.500) |" in text
     assert "![Figure budget" in text and "figure-budget.png" in text and "seeds [0, 1]" in text
     assert json.loads((out / "figure-budget.json").read_text())["comparisons"][0]["reference"] == "sft"
     assert [c for c, _ in FIGURE_COLUMNS] == [label for label, _ in record["columns"][: len(FIGURE_COLUMNS)]]
+
+
+def test_a_finished_run_with_another_config_is_not_reused(tmp_path):
+    """A rerun into the same folder with other overrides must not report the old run as the new row."""
+    import yaml
+
+    from unigame.reproduce import run_job
+
+    rows = table_rows("confirm", {"game.eps_max": 0.1})
+    job = plan_jobs([rows[-1]], [0], TrainConfig(), tmp_path / "base", tmp_path / "out")[0]
+    run_dir = Path(job.run_dir)
+    lora = run_dir / "checkpoints" / f"step-{job.cfg.optim.steps:08d}" / "lora"
+    lora.mkdir(parents=True)
+    (lora / "adapter_config.json").write_text("{}")
+    earlier = job.cfg.to_dict()
+    earlier["game"]["eps_max"] = 0.5  # trained for an earlier --best
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(earlier))
+    with pytest.raises(ValueError, match=r"game.eps_max: 0.5 -> 0.1"):
+        run_job(job)

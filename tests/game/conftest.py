@@ -50,7 +50,11 @@ def records():
 
 
 def small_config(steps: int = 3, **game: object) -> TrainConfig:
-    """A fast config: 32 records, batch 4, no TensorBoard/plots/progress, game options as given."""
+    """A fast config: 32 records, batch 4, no TensorBoard/plots/progress, game options as given.
+
+    Direct decoding G(z + δ) unless `residual_decode` is given: the paper's rule, which the
+    Janus-Pro recipes use (the tiny recipe's residual default is tested where it is named)."""
+    game.setdefault("residual_decode", False)
     return TrainConfig(
         model=ModelConfig(path="unused-an-adapter-is-injected"),
         data=DataConfig(train_items=32, batch_size=4),

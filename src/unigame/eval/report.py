@@ -172,9 +172,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / METRICS_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(
-            f"{path}: no {METRICS_FILE} (pass a run folder written by `unigame evaluate`)"
-        )
+        raise FileNotFoundError(f"{path}: no {METRICS_FILE} (pass a run folder written by `unigame eval`)")
     record = json.loads(file.read_text())
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:

@@ -1,7 +1,7 @@
 """Command-line entry points of the evaluation: `evaluate`, `compare`, `generate`.
 
 Plain typed functions with an "Args:" docstring, so `unigame.cli` exposes them with jsonargparse's
-`auto_cli` (`unigame evaluate --suite pope --data ~/data/pope --lora runs/unigame/lora`).
+`auto_cli` (`unigame eval --suite pope --data ~/data/pope --lora runs/unigame/lora`).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def evaluate(
         device=device,
     )
     paths = write_run(output, record, result.panels)
-    if suite == "shapes":  # the exact prompts, reusable with `unigame generate --prompts`
+    if suite == "shapes":  # the exact prompts, reusable with `unigame generate PROMPTS`
         prompts = shapes_geneval_prompts(config, sizes.generation, seed)
         (Path(output) / "geneval_metadata.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     rows = headline(record)

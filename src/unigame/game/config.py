@@ -180,7 +180,8 @@ class GameConfig:
         eps_max: hard bound of the per-token perturbation norm (paper 0.02), >= 0. 0 is the
             "UniGame with eps = 0" control: delta is exactly 0 and the challenger is never updated,
             while the challenge forward, mining, filter, buffer and replay run unchanged (the
-            decoder adversary then replays the VQ reconstructions G(z)).
+            decoder adversary then replays its unperturbed candidates: the hard-mined clean
+            images x with residual decoding, the VQ reconstructions G(z) without).
         eps_init: initial budget (paper 0.01), strictly inside (0, eps_max): the gate
             eps_max*sigmoid(s) never reaches either end. Ignored when eps_max is 0.
         budget: `absolute` (||delta_t|| <= eps), `relative` (<= eps*||z_t||), or `auto`: absolute
