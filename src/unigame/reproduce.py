@@ -100,8 +100,10 @@ EPS0 = Row("eps0", "UniGame with ε = 0", {"game.eps_max": 0.0})
 OFFICIAL = Row("official", "official-style mining", {**_EMBEDDING, "game.mining": "official"})
 # The paper's x̃ = G(z + δ), without residual decoding: candidates carry the VQ's reconstruction error.
 FULL_DIRECT = Row("full-direct", "full, direct decoding G(z + δ) (paper)", {"game.residual_decode": False})
-# The rows every trained row is compared with, pair by pair over shared seeds (when in the table).
-REFERENCES = ("sft", "sft-equal")
+# The rows every trained row is compared with, pair by pair over shared seeds (when in the table):
+# SFT, SFT with equal examples (what replay adds beyond more examples) and ε = 0 (what the
+# perturbation adds).
+REFERENCES = ("sft", "sft-equal", "eps0")
 
 TABLES: dict[str, tuple[Row, ...]] = {
     "4": (
@@ -655,7 +657,7 @@ def paired_comparisons(
     columns: Sequence[tuple[str, str]],
     references: Sequence[str] = REFERENCES,
 ) -> list[dict[str, Any]]:
-    """Every trained row against each reference present (`sft`, then `sft-equal`), per metric
+    """Every trained row against each reference present (`sft`, `sft-equal`, then `eps0`), per metric
     column, paired by training seed over the seeds both rows have (`run.` columns are left out:
     the references have no ε). A row is compared with a reference only once (sft-equal vs sft,
     not also sft vs sft-equal)."""
