@@ -757,7 +757,9 @@ def plot_sweeps(
 
     ref = by_row.get(reference)
     for i, (sweep, values, names) in enumerate(panels):
-        x = np.asarray(values, dtype=np.float64)
+        order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")  # lines left to right
+        x = np.asarray(values, dtype=np.float64)[order]
+        names = [names[j] for j in order]
         row_axes = list(axes[i])
         for ax, (label, _) in zip(row_axes, metrics, strict=False):
             mean, std = stats(names, label)
