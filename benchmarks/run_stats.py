@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unigame.game.run_logging import read_metrics
+from unigame.train.run_logging import read_metrics
 
 COLUMNS = ("eps", "ce_clean", "ce_adv", "ce_hard", "filter_pass_rate", "attack_success_rate", "mined")
 

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from unigame.game.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from unigame.eval.run import compare, evaluate, generate
-from unigame.game.run import train
-from unigame.game.trainer import NonFiniteRunError
+from unigame.methods.unigame.trainer import NonFiniteRunError
 from unigame.pretrain.base import BaseConfig
 from unigame.reproduce import GridError, reproduce
+from unigame.train.run import train
 
 
 def base(cfg: BaseConfig = BaseConfig(), output: str | None = None, force: bool = False) -> None:  # noqa: B008

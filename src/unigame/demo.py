@@ -105,8 +105,8 @@ def run_demo(
     from rich.console import Console
 
     from unigame.eval.base_eval import format_base_table
-    from unigame.game.config import TrainConfig
     from unigame.pretrain.base import build_base, read_manifest
+    from unigame.train.config import TrainConfig
 
     console = Console()
     started = time.perf_counter()

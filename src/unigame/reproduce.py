@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from unigame.game.config import TrainConfig
+from unigame.train.config import TrainConfig
 
 __all__ = [
     "COLUMNS",
@@ -389,7 +389,7 @@ def _check_reused_run(run_dir: Path, cfg: TrainConfig) -> None:
     `--table confirm` rerun into the same folder with a different `--best` or `--set`."""
     import yaml
 
-    from unigame.game.config import config_diff
+    from unigame.train.config import config_diff
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -420,7 +420,7 @@ def _train_and_evaluate(job: Job) -> dict[str, Any]:
             lora_dir = _final_lora(run_dir, job.cfg.optim.steps)
             _check_reused_run(run_dir, job.cfg)
             if not (lora_dir / "adapter_config.json").is_file():
-                from unigame.game.run import train
+                from unigame.train.run import train
 
                 start = time.perf_counter()
                 train(job.cfg, resume="auto", output=str(run_dir))
@@ -924,12 +924,12 @@ def reproduce(
         out = Path(output or "runs/reproduce-figures-val")
     base_recipe = TrainConfig()
     if recipe is not None:
-        from unigame.game.run import load_recipe
+        from unigame.train.run import load_recipe
 
         base_recipe = load_recipe(recipe)
     base_recipe = apply_overrides(base_recipe, {"optim.steps": steps, **parse_set(set or [])})
     base_recipe.validate()
-    from unigame.game.loading import resolve_model_path
+    from unigame.train.loading import resolve_model_path
 
     model_path = Path(model).expanduser() if model is not None else resolve_model_path(base_recipe.model)
     workers = workers or default_workers(threads)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from unigame.game.config import TrainConfig
 from unigame.reproduce import (
     COLUMNS,
     FIGURE_COLUMNS,
@@ -28,6 +27,7 @@ from unigame.reproduce import (
     t_test_p,
     table_rows,
 )
+from unigame.train.config import TrainConfig
 
 
 def test_apply_overrides_sets_dotted_keys_without_touching_the_input():

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from ..game.conftest import make_janus, palette_scorer, records, text_tokenizer  # noqa: F401 - fixtures
+from ..train.conftest import make_janus, palette_scorer, records, text_tokenizer  # noqa: F401 - fixtures

@@ -10,12 +10,12 @@ import pytest
 from unigame.data.formats import write_vqav2
 from unigame.data.local import BadRecordsError
 from unigame.data.splits import build_split
-from unigame.game.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
-from unigame.game.run import train
-from unigame.game.run_logging import read_metrics
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
+from unigame.train.run import train
+from unigame.train.run_logging import read_metrics
 
-from ..game.conftest import PaletteScorer
+from ..train.conftest import PaletteScorer
 
 
 @pytest.fixture

@@ -8,16 +8,16 @@ import errno
 import pytest
 import torch
 
-from unigame.game import checkpoint as ckpt
-from unigame.game.checkpoint import (
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train import checkpoint as ckpt
+from unigame.train.checkpoint import (
     CorruptCheckpointError,
     find_latest_checkpoint,
     resolve_resume,
     verify_checkpoint,
 )
-from unigame.game.trainer import UniGameTrainer
 
-from ..game.conftest import PaletteScorer, small_config
+from ..train.conftest import PaletteScorer, small_config
 
 
 def _trainer(tmp_path, make_janus, records, steps=4, name="run"):

@@ -15,11 +15,11 @@ import time
 import pytest
 import torch
 
-from unigame.game.checkpoint import find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
-from unigame.game.run_logging import read_metrics
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.checkpoint import find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
+from unigame.train.run_logging import read_metrics
 
-from ..game.conftest import PaletteScorer, small_config
+from ..train.conftest import PaletteScorer, small_config
 
 STEPS = 6
 
@@ -93,7 +93,7 @@ def test_kill_at_a_random_step_then_resume_auto_equals_the_uninterrupted_run(
 _WRITER = textwrap.dedent(
     """
     import os, sys, time, torch
-    from unigame.game import checkpoint as ckpt
+    from unigame.train import checkpoint as ckpt
 
     run = sys.argv[1]
     ckpt.save_checkpoint(run, 1, None, {"w": torch.ones(1000)}, {"step": 1})

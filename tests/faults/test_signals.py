@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from unigame.game.checkpoint import find_latest_checkpoint, verify_checkpoint
-from unigame.game.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
-from unigame.game.run import train
-from unigame.game.run_logging import read_metrics
-from unigame.game.signals import stop_on_signals
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.checkpoint import find_latest_checkpoint, verify_checkpoint
+from unigame.train.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
+from unigame.train.run import train
+from unigame.train.run_logging import read_metrics
+from unigame.train.signals import stop_on_signals
 
-from ..game.conftest import SMALL
+from ..train.conftest import SMALL
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft 0.21
 

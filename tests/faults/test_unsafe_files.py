@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from unigame.cli import main
-from unigame.game import loading
-from unigame.game.config import ModelConfig
+from unigame.train import loading
+from unigame.train.config import ModelConfig
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "unigame"
 

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from unigame.data.shapes import corpus_texts
 from unigame.data.splits import build_split
-from unigame.game.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
-from unigame.game.protocol import UnifiedModel, check_unified_model
-from unigame.game.trainer import UniGameTrainer, attach_lora
+from unigame.methods.unigame.trainer import UniGameTrainer, attach_lora
 from unigame.models.emu3 import Emu3Adapter
 from unigame.models.sequences import pack
 from unigame.models.tiny_emu3 import TinyEmu3Config, build_tiny_emu3, train_emu3_tokenizer
+from unigame.train.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
+from unigame.train.protocol import UnifiedModel, check_unified_model
 
 CFG = TinyEmu3Config()
 QUESTIONS = ["Is there a red circle?", "How many objects are there in this picture today?"]
@@ -196,7 +196,7 @@ def test_answer_and_caption(adapter):
 
 
 def test_save_and_load_through_the_engine_loader(adapter, tmp_path):
-    from unigame.game.loading import load_adapter
+    from unigame.train.loading import load_adapter
 
     adapter.save_pretrained(tmp_path / "emu3")
     loaded = load_adapter(ModelConfig(path=str(tmp_path / "emu3")))
@@ -266,7 +266,7 @@ def test_unigame_trains_emu3_through_the_protocol(make_emu3, tmp_path, precision
 
 
 def test_bf16_run_decodes_the_perturbed_latent_in_fp32(make_emu3, tmp_path):
-    """As for Janus (tests/game/test_trainer.py): in a bf16 run the VQ decoding path stays float32 and
+    """As for Janus (tests/methods/unigame/test_trainer.py): in a bf16 run the VQ decoding path stays float32 and
     decodes with autocast off, so G(z + δ) − G(z) at ε = 0.01·‖z_t‖ equals the fp32 one (relative error
     0 measured; bound 1e-6). Decoding in bf16 (bf16-stored VQ under autocast) got it wrong by 0.91."""
     cfg = TrainConfig(

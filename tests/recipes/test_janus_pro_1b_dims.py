@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from unigame.data.splits import build_split
-from unigame.game.run import load_recipe
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.run import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 

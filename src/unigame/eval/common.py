@@ -1,6 +1,6 @@
 """Batched helpers every suite shares: records -> pixels, one model call per batch, exact-match reports.
 
-Suites talk to the model only through the unified-model protocol (`unigame.game.protocol`):
+Suites talk to the model only through the unified-model protocol (`unigame.train.protocol`):
 `answer`, `caption`, `generate_images`, `understanding_loss`, `visual_tokens`. Optional keywords an
 adapter may or may not accept (`generator`, `max_new_tokens`) are passed only when its signature
 has them, so a minimal protocol implementation still runs every suite.

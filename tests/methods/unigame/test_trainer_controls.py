@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from unigame.data.shapes import label_holds
-from unigame.game import trainer as trainer_module
-from unigame.game.adversary import Attack
-from unigame.game.filters import FilterResult
-from unigame.game.run_logging import read_metrics
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame import trainer as trainer_module
+from unigame.methods.unigame.adversary import Attack
+from unigame.methods.unigame.filters import FilterResult
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.run_logging import read_metrics
 
 from .conftest import PaletteScorer, small_config
 

@@ -3,7 +3,7 @@
 A user with another UMM writes one class with these methods and nothing else; `UniGameTrainer`
 calls only these. Images are float tensors (B, 3, H, W) in [0, 1]; losses are per sample (B,).
 The game never imports a model family: `unigame.models.janus.JanusAdapter` is one implementation,
-and `tests/game/test_protocol.py` trains a structurally different one.
+and `tests/train/test_protocol.py` trains a structurally different one.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def check_unified_model(adapter: object) -> None:
     if missing:
         raise TypeError(
             f"{type(adapter).__name__} does not implement the unified-model protocol: missing "
-            f"{', '.join(missing)} (see unigame.game.protocol.UnifiedModel)."
+            f"{', '.join(missing)} (see unigame.train.protocol.UnifiedModel)."
         )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
 
 from .conftest import ToyUnifiedModel, small_config
 

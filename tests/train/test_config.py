@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from unigame.game.config import (
+from unigame.train.config import (
     ConfigError,
     DataConfig,
     GameConfig,
@@ -202,7 +202,7 @@ def test_extra_clean_items_is_an_sft_control_only():
 def test_residual_decoding_is_the_tiny_default_and_token_adversaries_ignore_it():
     """The tiny base's VQ is lossy, so candidates are x + G(z + δ) − G(z) unless asked otherwise; a
     token-space adversary decodes nothing, so the default must not make it invalid."""
-    from unigame.game.config import GameConfig, TrainConfig
+    from unigame.train.config import GameConfig, TrainConfig
 
     assert GameConfig().residual_decode is True
     cfg = TrainConfig()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unigame.game.adversary import (
+from unigame.methods.unigame.adversary import (
     GenerationMiner,
     NoiseAdversary,
     TokenCosineFilter,
@@ -14,7 +14,7 @@ from unigame.game.adversary import (
     build_candidate_filter,
     build_miner,
 )
-from unigame.game.perturber import NoisePerturber, Perturber
+from unigame.methods.unigame.perturber import NoisePerturber, Perturber
 
 QUESTIONS = ["Is there a red circle?", "What colour is the square?"]
 ANSWERS = ["yes", "blue"]

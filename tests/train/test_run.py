@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unigame.data.shapes import ShapesConfig
-from unigame.game.config import (
+from unigame.train.config import (
     ConfigError,
     DataConfig,
     GameConfig,
@@ -20,8 +20,8 @@ from unigame.game.config import (
     OptimConfig,
     TrainConfig,
 )
-from unigame.game.run import load_recipe, train
-from unigame.game.run_logging import read_metrics
+from unigame.train.run import load_recipe, train
+from unigame.train.run_logging import read_metrics
 
 from .conftest import SMALL
 

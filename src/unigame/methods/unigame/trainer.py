@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from unigame.data.local import BadRecord, write_bad_records
 from unigame.data.records import VQARecord
 from unigame.data.shapes import label_holds
-from unigame.game.adversary import (
+from unigame.methods.unigame.adversary import (
     Attack,
     ChallengeMiner,
     DecoderAdversary,
@@ -36,9 +36,11 @@ from unigame.game.adversary import (
     build_candidate_filter,
     build_miner,
 )
-from unigame.game.batches import Batch, RecordBatches, training_records
-from unigame.game.buffer import HardSampleBuffer, MineStats, percentile_threshold
-from unigame.game.checkpoint import (
+from unigame.methods.unigame.buffer import HardSampleBuffer, MineStats, percentile_threshold
+from unigame.methods.unigame.filters import SemanticFilter, SemanticScorer
+from unigame.methods.unigame.perturber import REGULARISERS
+from unigame.train.batches import Batch, RecordBatches, training_records
+from unigame.train.checkpoint import (
     capture_rng,
     checkpoint_dir,
     load_checkpoint,
@@ -47,13 +49,11 @@ from unigame.game.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from unigame.game.config import ConfigError, TrainConfig, config_diff
-from unigame.game.distributed import Distributed, is_sharded, rank_seed
-from unigame.game.filters import SemanticFilter, SemanticScorer
-from unigame.game.perturber import REGULARISERS
-from unigame.game.protocol import UnifiedModel, check_unified_model
-from unigame.game.run_logging import LabelCounts, MetricsLogger, hard_sample_panel, plot_training_curves
-from unigame.game.signals import StopRequest
+from unigame.train.config import ConfigError, TrainConfig, config_diff
+from unigame.train.distributed import Distributed, is_sharded, rank_seed
+from unigame.train.protocol import UnifiedModel, check_unified_model
+from unigame.train.run_logging import LabelCounts, MetricsLogger, hard_sample_panel, plot_training_curves
+from unigame.train.signals import StopRequest
 
 __all__ = ["METRICS", "HardBatch", "NonFiniteRunError", "UniGameTrainer", "attach_lora"]
 
@@ -189,7 +189,7 @@ class UniGameTrainer:
         # 1. The model. Everything below sizes itself from it.
         model_path = None
         if self.adapter is None:
-            from unigame.game.loading import load_adapter, resolve_model_path
+            from unigame.train.loading import load_adapter, resolve_model_path
 
             with self.dist.main_process_first():  # rank 0 builds a missing cached base, the others wait
                 model_path = resolve_model_path(cfg.model)
@@ -267,7 +267,7 @@ class UniGameTrainer:
                 game.generation_temperature,
             )
             if self.scorer is None and game.filter != "none" and self.miner.has_pixels:
-                from unigame.game.loading import load_scorer, resolve_model_path
+                from unigame.train.loading import load_scorer, resolve_model_path
 
                 self.scorer = load_scorer(cfg.model, model_path or resolve_model_path(cfg.model))
             self.filter = build_candidate_filter(
@@ -321,7 +321,7 @@ class UniGameTrainer:
                 f"model.precision='bf16': {type(self.adapter).__name__} has no fp32_modules(), so its decoder "
                 "is stored in bf16 like every frozen weight, and bf16 rounds a perturbation of ~1% of a latent "
                 "token away. Add fp32_modules() returning the modules decode_latents runs "
-                "(unigame.game.protocol.UnifiedModel), or set model.precision fp32.",
+                "(unigame.train.protocol.UnifiedModel), or set model.precision fp32.",
                 stacklevel=3,
             )
         return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unigame.game.batches import RecordBatches
+from unigame.train.batches import RecordBatches
 
 
 def test_order_is_deterministic_and_resumable(records):

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unigame.game.filters import FilterResult, SemanticFilter, SemanticScorer, build_filter
-from unigame.game.perturber import NoisePerturber, Perturber
-from unigame.game.protocol import UnifiedModel
+from unigame.methods.unigame.filters import FilterResult, SemanticFilter, SemanticScorer, build_filter
+from unigame.methods.unigame.perturber import NoisePerturber, Perturber
+from unigame.train.protocol import UnifiedModel
 
 __all__ = [
     "Attack",
@@ -341,7 +341,7 @@ class GenerationMiner:
     """`mining: official`: text-to-image from the question with δ injected at every generation step.
 
     The adapter must have `generate_latents(prompts, guidance, temperature, generator,
-    embedding_hook)` (see `unigame.game.protocol.UnifiedModel`): the latents of the generated codes,
+    embedding_hook)` (see `unigame.train.protocol.UnifiedModel`): the latents of the generated codes,
     (B, N, D). They are what the buffer stores; the candidate image is their `decode_latents`, which
     is what the hardness is scored on and what replay re-decodes, so the item replayed is the item
     scored. (Storing `encode_latents(image)` instead would replay G(Enc_G(image)), a lossy round

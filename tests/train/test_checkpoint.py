@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from unigame.game import checkpoint as ckpt
-from unigame.game.checkpoint import (
+from unigame.train import checkpoint as ckpt
+from unigame.train.checkpoint import (
     CorruptCheckpointError,
     NonFiniteStateError,
     capture_rng,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from unigame.game.config import ModelConfig
+from unigame.train.config import ModelConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from unigame.models.clip import ClipScorer
@@ -64,7 +64,7 @@ def _check_janus_dir(path: Path) -> None:
             f"model.path={str(path)!r} (model_type {found!r}) lacks the expected module(s): "
             f"{'; '.join(missing) or 'model_type must be janus'}. Adapter tried: {ADAPTER_TRIED}. "
             "For another unified-model family, write an adapter implementing "
-            "unigame.game.protocol.UnifiedModel and pass it to UniGameTrainer."
+            "unigame.train.protocol.UnifiedModel and pass it to UniGameTrainer."
         )
     if not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(

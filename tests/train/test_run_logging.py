@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unigame.game.run_logging import (
+from unigame.train.run_logging import (
     LabelCounts,
     MetricsLogger,
     hard_sample_panel,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from unigame.game.buffer import HardSampleBuffer, MineStats, percentile_threshold
+from unigame.methods.unigame.buffer import HardSampleBuffer, MineStats, percentile_threshold
 
 SHAPE = (4, 3)  # (N, D) latent tokens of one item
 

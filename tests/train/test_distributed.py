@@ -21,12 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from unigame.data.splits import build_split
-from unigame.game.batches import RecordBatches
-from unigame.game.distributed import Distributed, _warn_ignored_fsdp_settings, is_sharded, shard_slice
-from unigame.game.run_logging import read_metrics
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
 from unigame.models.janus import JanusAdapter
 from unigame.models.tiny_janus import build_tiny_janus
+from unigame.train.batches import RecordBatches
+from unigame.train.distributed import Distributed, _warn_ignored_fsdp_settings, is_sharded, shard_slice
+from unigame.train.run_logging import read_metrics
 
 from ._distributed_worker import FSDP_LAYERS, SMALL, UNIGAME, config
 from .test_run import janus_dir  # noqa: F401 - the fixture: a tiny random Janus saved as a model directory

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unigame.game.protocol import UnifiedModel, check_unified_model
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
+from unigame.train.protocol import UnifiedModel, check_unified_model
 
 from .conftest import PaletteScorer, ToyUnifiedModel, small_config
 

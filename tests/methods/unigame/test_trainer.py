@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from unigame.game.adversary import Attack
-from unigame.game.checkpoint import NonFiniteStateError, find_latest_checkpoint
-from unigame.game.run_logging import read_metrics
-from unigame.game.trainer import NonFiniteRunError, UniGameTrainer
+from unigame.methods.unigame.adversary import Attack
+from unigame.methods.unigame.trainer import NonFiniteRunError, UniGameTrainer
+from unigame.train.checkpoint import NonFiniteStateError, find_latest_checkpoint
+from unigame.train.run_logging import read_metrics
 
 from .conftest import PaletteScorer, ToyUnifiedModel, small_config
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from unigame.game.checkpoint import resolve_resume
-from unigame.game.config import TrainConfig
-from unigame.game.distributed import is_main_process
-from unigame.game.signals import exit_code, stop_on_signals
+from unigame.train.checkpoint import resolve_resume
+from unigame.train.config import TrainConfig
+from unigame.train.distributed import is_main_process
+from unigame.train.signals import exit_code, stop_on_signals
 
 __all__ = ["default_run_dir", "load_recipe", "train"]
 
@@ -42,7 +42,7 @@ def train(
         output: run directory for metrics.csv, tb/, plots/ and checkpoints/ (default
             runs/<mode>-<timestamp>; with --resume PATH, the checkpoint's run directory).
     """
-    from unigame.game.trainer import UniGameTrainer
+    from unigame.methods.unigame.trainer import UniGameTrainer
 
     cfg.validate()  # every config error at once, before anything is loaded
     if resume == "auto" and output is None:

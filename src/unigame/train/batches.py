@@ -22,7 +22,7 @@ from torch import Tensor
 
 from unigame.data.local import BadRecord
 from unigame.data.records import VQARecord
-from unigame.game.config import DataConfig
+from unigame.train.config import DataConfig
 
 __all__ = ["Batch", "RecordBatches", "check_records", "training_records"]
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unigame.game.perturber import NoisePerturber, Perturber, perturbation_regulariser
+from unigame.methods.unigame.perturber import NoisePerturber, Perturber, perturbation_regulariser
 
 D = 8
 

@@ -23,11 +23,11 @@ from safetensors.torch import save_file
 
 from unigame.data.shapes import corpus_texts
 from unigame.data.splits import build_split
-from unigame.game.distributed import is_sharded
-from unigame.game.trainer import UniGameTrainer
+from unigame.methods.unigame.trainer import UniGameTrainer
 from unigame.models.janus import JanusAdapter
 from unigame.models.text_tokenizer import train_text_tokenizer
 from unigame.models.tiny_janus import build_tiny_janus
+from unigame.train.distributed import is_sharded
 
 try:
     from .conftest import SMALL, small_config  # imported by test_distributed.py

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unigame.game.filters import (
+from unigame.methods.unigame.filters import (
     ClipFilter,
     CosineFilter,
     FilterResult,

@@ -19,10 +19,10 @@ from torch import nn
 
 from unigame.data.shapes import PALETTE, corpus_texts
 from unigame.data.splits import build_split
-from unigame.game.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
 from unigame.models.janus import JanusAdapter
 from unigame.models.text_tokenizer import train_text_tokenizer
 from unigame.models.tiny_janus import TinyJanusConfig, build_tiny_janus
+from unigame.train.config import DataConfig, GameConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
 
 SMALL = TinyJanusConfig(
     vision_hidden=32, vision_heads=2, text_hidden=32, text_heads=2, text_layers=1, vq_channels=32
