@@ -39,6 +39,7 @@ RegForm = Literal["sum", "mean"]
 Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
+Method = Literal["unigame", "internal-sft", "internal-dpo"]
 
 
 class ConfigError(ValueError):
@@ -291,9 +292,12 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
-    """One UniGame (or SFT-baseline) post-training run.
+    """One post-training run: UniGame (or the SFT baseline), or internal supervision.
 
     Args:
+        method: `unigame` (UniGame, or the SFT baseline with game.enabled false; arXiv 2511.19413),
+            `internal-sft` or `internal-dpo` (the generation branch trained on the model's own
+            self-judged images, arXiv 2507.16663; settings under `internal`).
         seed: seed of LoRA and perturber init, dropout and replay sampling, >= 0.
         model: the unified model, its device, precision and LoRA.
         data: the training records (ShapesWorld or local VQAv2-format files).
@@ -302,6 +306,7 @@ class TrainConfig:
         logging: metrics, checkpoints, plots.
     """
 
+    method: Method = "unigame"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -357,6 +362,7 @@ def _errors(cfg: TrainConfig) -> list[str]:
         options = get_args(literal)
         _check(errors, key, v, v in options, " | ".join(options))
 
+    choice("method", cfg.method, Method)
     ge("seed", cfg.seed, 0)
 
     m = cfg.model
@@ -530,13 +536,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two `TrainConfig.to_dict()` trees, as 'key: a -> b'."""
+def config_diff(
+    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """Dotted keys whose values differ between two `TrainConfig.to_dict()` trees, as 'key: a -> b'.
+
+    A key the saved tree lacks (written before the key existed) counts as its default value, so an
+    older run whose settings equal today's defaults shows no difference."""
+    defaults = TrainConfig().to_dict() if defaults is None and not prefix else (defaults or {})
     lines: list[str] = []
     for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        a, b = saved.get(key, defaults.get(key, "<absent>")), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            lines += config_diff(a, b, f"{prefix}{key}.")
+            lines += config_diff(
+                a, b, f"{prefix}{key}.", defaults.get(key) if isinstance(defaults.get(key), dict) else {}
+            )
         elif a != b:
             lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return lines
