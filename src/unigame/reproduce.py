@@ -76,6 +76,7 @@ class Row:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     trains: bool = True
     derived: Callable[[TrainConfig], Mapping[str, Any]] | None = None
+    after: str | None = None  # a row whose same-seed final LoRA is merged into the base first
 
     def overrides_for(self, recipe: TrainConfig) -> dict[str, Any]:
         """The dotted overrides this row applies on top of `recipe`."""
@@ -105,6 +106,24 @@ FULL_DIRECT = Row("full-direct", "full, direct decoding G(z + δ) (paper)", {"ga
 # perturbation adds).
 REFERENCES = ("sft", "sft-equal", "eps0")
 
+# Internal supervision (arXiv 2507.16663): the generation branch trained on the model's own
+# self-judged images; the oracle row accepts what the exact judge accepts (the external-reward bound).
+INTERNAL_SFT = Row("internal-sft", "SFT on self-accepted samples", {"method": "internal-sft"})
+INTERNAL_CSFT = Row(
+    "internal-csft", "C-SFT (self-accepted, 2 curriculum rounds)",
+    {"method": "internal-sft", "internal.curriculum_rounds": 2},
+)  # fmt: skip
+INTERNAL_DPO = Row("internal-dpo", "DPO on self-judged pairs", {"method": "internal-dpo"})
+INTERNAL_ORACLE = Row(
+    "internal-oracle",
+    "oracle: SFT on judge-accepted samples",
+    {"method": "internal-sft", "internal.judge": "oracle"},
+)
+UNIGAME_AFTER_CSFT = Row("full-after-csft", "UniGame after C-SFT", {}, after="internal-csft")
+# Per table, the rows every trained row is compared with (a row that does not train, the base, is
+# one value: each seed's difference is taken from it).
+TABLE_REFERENCES: dict[str, tuple[str, ...]] = {"internal": ("baseline", "internal-sft")}
+
 TABLES: dict[str, tuple[Row, ...]] = {
     "4": (
         BASELINE,
@@ -125,6 +144,7 @@ TABLES: dict[str, tuple[Row, ...]] = {
     "main": (BASELINE, SFT, FULL),
     # The final decision on the test split; `best` (full + `--best` overrides) is added by table_rows.
     "confirm": (BASELINE, SFT, SFT_EQUAL, EPS0, FULL),
+    "internal": (BASELINE, INTERNAL_SFT, INTERNAL_CSFT, INTERNAL_DPO, INTERNAL_ORACLE, FULL, UNIGAME_AFTER_CSFT),
 }  # fmt: skip
 
 # (label, key in metrics.json) per table; every value is a fraction or cosine, shown x100.
@@ -151,7 +171,20 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "main": _MAIN_COLUMNS,
     "confirm": _MAIN_COLUMNS,
+    "internal": (
+        ("GenEval strict", "geneval.strict.overall"),
+        ("strict: easy", "geneval.strict.tiers.easy"),
+        ("strict: medium", "geneval.strict.tiers.medium"),
+        ("strict: hard", "geneval.strict.tiers.hard"),
+        ("Nonunified (lower better)", "nonunified.score"),
+        ("weak-generation rate", "nonunified.weak_generation_rate"),
+        ("und. acc. on own images", "nonunified.understanding_accuracy"),
+        ("clean VQA", "clean_vqa.accuracy"),
+        ("POPE F1", "pope.mean_f1"),
+    ),
 }
+# The two branches' direction of change against the base, per row of the internal table.
+DIRECTION_COLUMNS = ("GenEval strict", "clean VQA")
 FIGURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("clean VQA", "clean_vqa.accuracy"),
     ("POPE F1", "pope.mean_f1"),
@@ -358,6 +391,10 @@ def plan_jobs(
                 recipe, {**row.overrides_for(recipe), "seed": seed, "data.split_seed": seed}
             )
             cfg.model.path = str(model_path)
+            if row.after is not None:  # post-train on top of that row's same-seed run
+                cfg.model.merge_lora = str(
+                    _final_lora(output / row.after / f"seed-{seed}" / "run", cfg.optim.steps)
+                )
             cfg.logging.progress = False
             cfg.validate()
             root = output / row.name / f"seed-{seed}"
@@ -679,6 +716,8 @@ def paired_comparisons(
                         strict=True,
                     )
                 )
+                if not by_row[ref]["trains"] and len(theirs) == 1:  # the base: one value for every seed
+                    theirs = dict.fromkeys(mine, next(iter(theirs.values())))
                 shared = sorted(set(mine) & set(theirs))
                 cells[label] = paired_stats([mine[s] - theirs[s] for s in shared])
             pairs = max((cell["n"] for cell in cells.values()), default=0)
@@ -813,7 +852,7 @@ def default_workers(threads: int) -> int:
 
 
 def reproduce(
-    table: Literal["4", "main", "confirm"] | None = None,
+    table: Literal["4", "main", "confirm", "internal"] | None = None,
     figure: Literal["budget", "noise", "beta", "lr"] | None = None,
     seeds: int = 3,
     first_seed: int = 0,
@@ -845,8 +884,11 @@ def reproduce(
             embedding (+cosine, +buffer), decoding (+cosine, +CLIP), full, full with the paper's
             direct decoding, UniGame with ε = 0, official-style mining), `main` (baseline / SFT / UniGame on understanding, robustness,
             consistency and generation) or `confirm` (the final test-split decision: baseline, SFT,
-            SFT with equal examples, ε = 0, full and `best` = full + --best). Default: main,
-            unless --figure is given.
+            SFT with equal examples, ε = 0, full and `best` = full + --best) or `internal`
+            (internal supervision, arXiv 2507.16663: baseline, SFT on self-accepted samples, C-SFT,
+            DPO, the oracle SFT on judge-accepted samples, UniGame, and UniGame after C-SFT, with
+            generation per tier, Nonunified, the weak-generation rate and both branches' direction
+            against the base). Default: main, unless --figure is given.
         figure: a sweep on the val split, each point a UniGame row, with an SFT reference band:
             `budget` (ε_max 0.005-0.5, ε_init = ε_max/2, with the ε the gate learned), `noise`
             (random token noise at σ = 0.01-0.5), `beta` (β 0.1-2 and τ percentile 40/60/80) or
@@ -863,7 +905,8 @@ def reproduce(
             Default: test for tables; figures run on val only.
         rows: only these rows of the table (their names: baseline, sft, sft-equal, noise, embedding,
             embedding-cosine, embedding-cosine-buffer, decoding, decoding-cosine, decoding-clip,
-            full, full-direct, eps0, official, best), e.g. [sft,full] or `--rows sft full`.
+            full, full-direct, eps0, official, best; internal-sft, internal-csft, internal-dpo,
+            internal-oracle, full-after-csft), e.g. [sft,full] or `--rows sft full`.
         set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), several
             space-separated, or a list ('[game.eps_max=0.05,game.beta=1.0]').
         best: `--table confirm` only (required there): the overrides of the `best` row on top of
@@ -953,10 +996,14 @@ def reproduce(
             f"eval {result['eval_s']:.0f} s{reused} ({time.perf_counter() - started:.0f} s elapsed)"
         )
 
-    results = run_jobs(jobs, workers, report)
+    # Rows that build on another row's run (`Row.after`) go once every run they need has finished.
+    first = [j for j in jobs if j.cfg is None or j.cfg.model.merge_lora is None]
+    results = run_jobs(first, workers, report)
+    if len(first) < len(jobs):
+        results += run_jobs([j for j in jobs if j not in first], workers, report)
     wall = time.perf_counter() - started
     summary = summarize(chosen, results, columns)
-    comparisons = paired_comparisons(summary, columns)
+    comparisons = paired_comparisons(summary, columns, TABLE_REFERENCES.get(table or "", REFERENCES))
     text = markdown_table(summary, columns)
     paired = comparisons_markdown(comparisons, columns)
     command = "unigame " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
@@ -976,6 +1023,7 @@ def reproduce(
         "columns": [list(c) for c in columns],
         "summary": summary,
         "comparisons": comparisons,
+        "directions": branch_directions(summary) if table == "internal" else [],
         "results": results,
         "machine": machine_description(workers, threads),
         "wall_s": wall,
@@ -993,6 +1041,53 @@ def reproduce(
     console.print("\n" + text + ("\n\n" + paired if paired else ""))
     console.print(f"\nWrote {', '.join(str(p) for p in written)} ({wall / 60:.1f} min)")
     return record
+
+
+def branch_directions(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per trained row, the mean change of generation (GenEval strict) and understanding (clean VQA)
+    against the base, in points, and their joint direction: co-improvement, co-degradation, or one
+    branch up and the other down (a change within ±0.5 points counts as flat)."""
+    by_row = {entry["row"]: entry for entry in summary}
+    if "baseline" not in by_row:
+        return []
+    gen_label, und_label = DIRECTION_COLUMNS
+
+    def word(delta: float) -> str:
+        return "flat" if abs(delta) <= 0.5 else ("up" if delta > 0 else "down")
+
+    out = []
+    base = by_row["baseline"]["cells"]
+    for entry in summary:
+        cells = entry["cells"]
+        if not entry["trains"] or any(
+            cells[c]["mean"] is None or base[c]["mean"] is None for c in DIRECTION_COLUMNS
+        ):
+            continue
+        gen = cells[gen_label]["mean"] - base[gen_label]["mean"]
+        und = cells[und_label]["mean"] - base[und_label]["mean"]
+        g, u = word(gen), word(und)
+        verdict = {("up", "up"): "co-improvement", ("down", "down"): "co-degradation"}.get(
+            (g, u), f"generation {g}, understanding {u}"
+        )
+        out.append(
+            {
+                "row": entry["row"],
+                "label": entry["label"],
+                "generation": gen,
+                "understanding": und,
+                "direction": verdict,
+            }
+        )
+    return out
+
+
+def directions_markdown(directions: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| row | Δ GenEval strict | Δ clean VQA | both branches |", "|---|---|---|---|"]
+    for d in directions:
+        lines.append(
+            f"| {d['label']} | {_signed(d['generation'])} | {_signed(d['understanding'])} | {d['direction']} |"
+        )
+    return "\n".join(lines)
 
 
 def results_markdown(record: Mapping[str, Any], table: str, paired: str = "", plot: str | None = None) -> str:
@@ -1020,6 +1115,12 @@ def results_markdown(record: Mapping[str, Any], table: str, paired: str = "", pl
             "both rows have, ± its standard error (sample std / sqrt(pairs)), then the two-sided "
             "p-values of the paired t-test (df pairs − 1) and of the exact sign test (which cannot go "
             "below 2^(1 − pairs): 0.25 with 3 seeds). No correction for the many comparisons is applied.\n",
+        ]
+    if record.get("directions"):
+        parts += [
+            "## Both branches against the base\n",
+            directions_markdown(record["directions"]) + "\n",
+            "Mean change over the seeds, percentage points; within ±0.5 counts as flat.\n",
         ]
     if plot:
         parts.append(f"![{record['title']}]({plot})\n")

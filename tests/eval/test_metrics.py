@@ -19,6 +19,7 @@ from unigame.eval.metrics import (
     naturalbench_correctness,
     naturalbench_extract_answer,
     naturalbench_scores,
+    nonunified_report,
     nonunified_score,
     normalize_vqa_answer,
     parse_multiple_choice,
@@ -469,3 +470,21 @@ def test_geneval_errors():
         geneval_scores([{"task": "colors"}])
     with pytest.raises(ValueError, match="no items"):
         geneval_scores([])
+
+
+def test_nonunified_report_hand_made_case():
+    # 5 own generations: the model says yes to 0 and 3; the judge accepts 0, 1 and 4.
+    says_yes = [True, False, False, True, False]
+    judge = [True, True, False, False, True]
+    r = nonunified_report(says_yes, judge)
+    assert r["score"] == 0.6  # 3 of 5 answered no
+    assert r["weak_generation_rate"] == 1 / 3  # of the 3 "no"s (1, 2, 4) only item 2 is really wrong
+    assert r["understanding_accuracy"] == 0.4  # agree on items 0 and 2
+    assert r["generation_accuracy"] == 0.6
+    assert r["n"] == 5
+
+
+def test_nonunified_report_edge_cases():
+    assert nonunified_report([True, True], [True, False])["weak_generation_rate"] is None  # never says no
+    with pytest.raises(ValueError, match="2 answers but 1 judge"):
+        nonunified_report([True, False], [True])

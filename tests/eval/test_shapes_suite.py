@@ -36,7 +36,8 @@ def test_every_metric_is_present_and_in_range(quick_result):
         m["geneval"]["overall"],
         m["geneval"]["strict"]["overall"],
         m["nonunified"]["score"],
-        m["nonunified"]["judge_agreement"],
+        m["nonunified"]["understanding_accuracy"],
+        m["nonunified"]["generation_accuracy"],
         m["pope"]["mean_f1"],
         *(m["naturalbench"]["per_shift_g_acc"].values()),
     ]

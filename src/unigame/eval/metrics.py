@@ -35,6 +35,7 @@ __all__ = [
     "naturalbench_correctness",
     "naturalbench_extract_answer",
     "naturalbench_scores",
+    "nonunified_report",
     "nonunified_score",
     "normalize_vqa_answer",
     "parse_multiple_choice",
@@ -704,6 +705,30 @@ def nonunified_score(judgements: Sequence[bool]) -> float:
     if len(judgements) == 0:
         raise ValueError("nonunified_score got no judgements")
     return sum(not j for j in judgements) / len(judgements)
+
+
+def nonunified_report(says_yes: Sequence[bool], judge_correct: Sequence[bool]) -> dict[str, Any]:
+    """The Nonunified score of one set of generations with the exact judge's reading of it.
+
+    ``says_yes[i]``: the model answers "yes" to "Does this image show {prompt}?" about its own
+    generation i; ``judge_correct[i]``: the exact judge finds the prompt satisfied. Returns the
+    score (fraction answered no), `weak_generation_rate` = P(judge wrong | model says no) (None when
+    it never says no), `understanding_accuracy` = agreement of the model's answer with the judge, and
+    `generation_accuracy` = the judge's acceptance rate; all fractions."""
+    if len(says_yes) != len(judge_correct):
+        raise ValueError(
+            f"nonunified_report: {len(says_yes)} answers but {len(judge_correct)} judge verdicts"
+        )
+    score = nonunified_score(says_yes)
+    no = [not c for y, c in zip(says_yes, judge_correct) if not y]  # judge says wrong, among the "no"s
+    n = len(says_yes)
+    return {
+        "score": score,
+        "weak_generation_rate": sum(no) / len(no) if no else None,
+        "understanding_accuracy": sum(y == c for y, c in zip(says_yes, judge_correct)) / n,
+        "generation_accuracy": sum(judge_correct) / n,
+        "n": n,
+    }
 
 
 def consistency_score(unifiedbench: float, wise: float) -> float:

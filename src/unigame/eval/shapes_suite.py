@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from unigame.data.generalist import match_question
 from unigame.data.records import VQARecord
 from unigame.data.shapes import (
     REL_MARGIN,
@@ -36,7 +37,6 @@ from unigame.data.shapes import (
     ShapeObject,
     ShapesConfig,
     caption,
-    existence_question,
     judge,
     relation_holds,
     sample_scene,
@@ -58,7 +58,7 @@ from unigame.eval.metrics import (
     GENEVAL_TASKS,
     consistency_score,
     geneval_scores,
-    nonunified_score,
+    nonunified_report,
     pope_metrics,
     unifiedbench_score,
 )
@@ -202,15 +202,30 @@ def _task_prompt(tag: str, rng: np.random.Generator, config: ShapesConfig) -> di
     raise ValueError(f"unknown GenEval task {tag!r}; allowed: {', '.join(GENEVAL_TASKS)}")
 
 
-def shapes_geneval_prompts(config: ShapesConfig, n_per_task: int, seed: int) -> list[dict[str, Any]]:
+# The paper's easy / medium / hard tiers over GenEval's tasks: one object; two objects with
+# attribute binding; counting and spatial relations.
+GENEVAL_TIERS: dict[str, str] = {
+    "single_object": "easy",
+    "colors": "easy",
+    "two_object": "medium",
+    "color_attr": "medium",
+    "counting": "hard",
+    "position": "hard",
+}
+EVAL_PROMPT_STREAM = 0x6E6E  # the suite's own random stream; training prompts draw from another
+
+
+def shapes_geneval_prompts(
+    config: ShapesConfig, n_per_task: int, seed: int, stream: int = EVAL_PROMPT_STREAM
+) -> list[dict[str, Any]]:
     """GenEval-style prompts from ShapesWorld scenes, `n_per_task` for each of GenEval's six tasks.
 
     Each is a GenEval metadata row (tag, include, exclude, prompt, with GenEval's keys "class",
     "count", "color", "position") plus the scene it was captioned from. Two-object tasks need two
     shapes (and color_attr two colours) in the config; tasks the config cannot express are left out.
-    Deterministic for (config, n_per_task, seed).
+    Deterministic for (config, n_per_task, seed, stream); the suite uses the default `stream`.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6E6E]))  # the suite's own stream
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(stream)]))
     tasks = [
         t
         for t in GENEVAL_TASKS
@@ -319,6 +334,10 @@ def _generation(
         exact = correct and len(objs) == len(prompt["scene"]["objects"])
         strict.append({"task": prompt["tag"], "correct": exact})
     scores = geneval_scores(items) | {"strict": geneval_scores(strict), "n_per_task": sizes.generation}
+    by_tier: dict[str, list[bool]] = {}
+    for item in strict:
+        by_tier.setdefault(GENEVAL_TIERS[item["task"]], []).append(item["correct"])
+    scores["strict"]["tiers"] = {tier: float(np.mean(v)) for tier, v in sorted(by_tier.items())}
     return scores, prompts, images, judged
 
 
@@ -330,32 +349,33 @@ def _nonunified(
     sizes: ShapesSizes,
     progress: bool,
 ) -> dict[str, Any]:
-    """Ask the model, about each of its own generations, whether every prompted object is there.
-
-    A generation counts as matching when every existence answer is "yes"; `judge_agreement` is the
-    fraction of those answers that agree with the exact judge (is the object really there?).
-    """
-    records, owner, truth = [], [], []
-    for i, (prompt, image, objs) in enumerate(zip(prompts, images, judged)):
-        wanted = sorted({(o["colour"], o["shape"]) for o in prompt["scene"]["objects"]})
-        for colour, shape in wanted:
-            question = existence_question(colour, shape)
-            records.append(
-                VQARecord(id=f"self-{i}-{colour}-{shape}", question=question, answer="yes", image=image)
-            )
-            owner.append(i)
-            truth.append(any(o.colour == colour and o.shape == shape for o in objs))
+    """The paper's Nonunified score: ask the model, about each of its own generations x = G(y), the
+    one whole-prompt question "Does this image show {y}?"; the score is the fraction it answers "no"
+    (any answer other than "yes"). The exact judge (GenEval-style strict: exactly the prompted
+    objects) says whether that "no" is right: `weak_generation_rate` = P(judge: wrong | model: no),
+    `understanding_accuracy` = how often the model's yes/no agrees with the judge. Also per tier."""
+    records = [
+        VQARecord(id=f"self-{i}", question=match_question(p["prompt"]), answer="yes", image=image)
+        for i, (p, image) in enumerate(zip(prompts, images))
+    ]
     predictions = predict(adapter, records, sizes.batch_size, "self-judge", progress)
     says_yes = [exact_match(p, "yes") for p in predictions]
-    matches = [True] * len(prompts)
-    for i, yes in zip(owner, says_yes):
-        matches[i] &= yes
-    return {
-        "score": nonunified_score(matches),
-        "judge_agreement": float(np.mean([y == t for y, t in zip(says_yes, truth)])),
-        "n": len(prompts),
-        "questions": len(records),
+    correct = [
+        geneval_correct(objs, p["include"], p["exclude"]) and len(objs) == len(p["scene"]["objects"])
+        for p, objs in zip(prompts, judged)
+    ]
+    report = nonunified_report(says_yes, correct)
+    report["answered_neither"] = sum(
+        not exact_match(p, "yes") and not exact_match(p, "no") for p in predictions
+    )
+    tiers: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        tiers.setdefault(GENEVAL_TIERS[p["tag"]], []).append(i)
+    report["per_tier"] = {
+        tier: nonunified_report([says_yes[i] for i in idx], [correct[i] for i in idx])
+        for tier, idx in sorted(tiers.items())
     }
+    return report
 
 
 @torch.no_grad()

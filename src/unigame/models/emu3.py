@@ -366,6 +366,10 @@ class Emu3Adapter:
         """Per-sample teacher-forced CE (B,) of the image's codes given the text, over visual tokens."""
         with torch.no_grad():
             codes = self.quantize(self.encode_latents(pixels))  # (B, N)
+        return self.generation_loss_from_codes(codes, prompts)
+
+    def generation_loss_from_codes(self, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Per-sample teacher-forced CE (B,) of given codes (B, N) given the text."""
         return F.cross_entropy(
             self._teacher_forced_logits(prompts, codes).transpose(1, 2), codes, reduction="none"
         ).mean(-1)

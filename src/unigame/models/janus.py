@@ -255,6 +255,13 @@ class JanusAdapter:
         """
         with torch.no_grad():
             codes = self.quantize(self.encode_latents(pixels))  # (B, N)
+        return self.generation_loss_from_codes(codes, prompts, drop_prompt)
+
+    def generation_loss_from_codes(
+        self, codes: torch.Tensor, prompts: list[str], drop_prompt: float = 0.0
+    ) -> torch.Tensor:
+        """Per-sample teacher-forced CE (B,) of given VQ codes (B, N) given the text: trains on the
+        codes a sampler drew, not on a lossy re-encoding of their decoded image."""
         prompt_ids = [self._generation_prompt_ids(p) for p in prompts]
         if drop_prompt > 0:
             drop = (torch.rand(len(prompt_ids)) < drop_prompt).tolist()

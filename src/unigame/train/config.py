@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "GameConfig",
+    "InternalConfig",
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
@@ -40,6 +41,7 @@ Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
 Method = Literal["unigame", "internal-sft", "internal-dpo"]
+Judge = Literal["self", "oracle"]
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,9 @@ class ModelConfig:
         trust_remote_code: let transformers run Python code shipped in the model directory. Off:
             such code runs with your permissions, so turn it on (or pass --trust-remote-code) only
             for a directory you trust.
+        merge_lora: a LoRA directory (a run's `checkpoints/step-N/lora`) merged into the base weights
+            before this run's own LoRA is attached: post-training on top of an earlier
+            post-training (e.g. UniGame after internal-supervision C-SFT). null = the base as is.
     """
 
     path: str | None = None
@@ -87,6 +92,7 @@ class ModelConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     trust_remote_code: bool = False
+    merge_lora: str | None = None
 
 
 @dataclass
@@ -244,6 +250,45 @@ class GameConfig:
 
 
 @dataclass
+class InternalConfig:
+    """Internal supervision (arXiv 2507.16663): the model's own understanding judges its generations.
+
+    Args:
+        prompts: training prompts drawn from ShapesWorld (GenEval-style, the six tasks in turn;
+            texts equal to an evaluation prompt are left out), used when `prompt_file` is unset.
+        prompt_file: a local file of training prompts, one per line (.txt) or {"prompt": ...} per
+            line (.jsonl); null = ShapesWorld prompts.
+        candidates: N, images sampled per prompt and scored by the model's own yes/no (paper 10).
+        judge: `self` (the model's P(yes) to "Does this image show {prompt}?"; the method) or
+            `oracle` (ShapesWorld's exact judge accepts; the external-reward upper bound).
+        accept: P(yes) at or above which the model accepts its image (0.5: yes over no).
+        curriculum_rounds: C-SFT (paper Algorithm 2): times the discard pool is regenerated with the
+            current model and rescored; 0 = plain SFT / DPO on the first round's data.
+        curriculum_every: steps between curriculum rounds.
+        dpo_beta: the DPO temperature on summed image-token log-probabilities (internal-dpo).
+        nll_weight: weight of the chosen image's generation NLL added to the DPO loss (internal-dpo).
+        guidance: classifier-free guidance scale when sampling candidates.
+        temperature: sampling temperature of candidates.
+        batch_size: (prompt, image) pairs (or DPO pairs) per update.
+        sample_batch_size: prompts per text-to-image call while building the pool.
+    """
+
+    prompts: int = 180
+    prompt_file: str | None = None
+    candidates: int = 10
+    judge: Judge = "self"
+    accept: float = 0.5
+    curriculum_rounds: int = 0
+    curriculum_every: int = 100
+    dpo_beta: float = 0.1
+    nll_weight: float = 1.0
+    guidance: float = 3.0
+    temperature: float = 1.0
+    batch_size: int = 16
+    sample_batch_size: int = 64
+
+
+@dataclass
 class OptimConfig:
     """Both players' optimisers (AdamW) and the run length.
 
@@ -302,6 +347,7 @@ class TrainConfig:
         model: the unified model, its device, precision and LoRA.
         data: the training records (ShapesWorld or local VQAv2-format files).
         game: the challenger, the filter, the buffer (game.enabled false = SFT baseline).
+        internal: internal supervision's sampling, self-judging, curriculum and DPO.
         optim: run length and both players' optimisers.
         logging: metrics, checkpoints, plots.
     """
@@ -311,6 +357,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     game: GameConfig = field(default_factory=GameConfig)
+    internal: InternalConfig = field(default_factory=InternalConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -477,6 +524,34 @@ def _errors(cfg: TrainConfig) -> list[str]:
             "token-space candidates have no image to score; use filter cosine or none, or mining official"
         )
 
+    it = cfg.internal
+    ge("internal.prompts", it.prompts, 1)
+    ge("internal.candidates", it.candidates, 1)
+    choice("internal.judge", it.judge, Judge)
+    num("internal.accept", it.accept, lambda v: 0 < v < 1, "a number in (0, 1)")
+    ge("internal.curriculum_rounds", it.curriculum_rounds, 0)
+    ge("internal.curriculum_every", it.curriculum_every, 1)
+    num("internal.dpo_beta", it.dpo_beta, lambda v: v > 0, "a number > 0")
+    num("internal.nll_weight", it.nll_weight, lambda v: v >= 0, "a number >= 0")
+    num("internal.guidance", it.guidance, lambda v: v >= 0, "a number >= 0")
+    num("internal.temperature", it.temperature, lambda v: v >= 0, "a number >= 0")
+    ge("internal.batch_size", it.batch_size, 1)
+    ge("internal.sample_batch_size", it.sample_batch_size, 1)
+    if cfg.method == "internal-dpo" and _is_int(it.candidates) and it.candidates < 2:
+        errors.append(
+            f"internal.candidates={it.candidates!r} is invalid with method=internal-dpo: a DPO pair needs "
+            "a chosen and a rejected image (allowed: an int >= 2)"
+        )
+    if it.judge == "oracle" and cfg.data.source != "shapes":
+        errors.append(
+            "internal.judge='oracle' needs data.source='shapes' (the exact judge reads ShapesWorld images)"
+        )
+    if it.prompt_file is not None and it.judge == "oracle":
+        errors.append(
+            f"internal.prompt_file={it.prompt_file!r} with internal.judge='oracle' is invalid: the exact judge "
+            "knows only ShapesWorld's own prompts (allowed: prompt_file null)"
+        )
+
     o = cfg.optim
     ge("optim.steps", o.steps, 1)
     ge("optim.max_nonfinite_steps", o.max_nonfinite_steps, 1)
@@ -507,8 +582,11 @@ def _path_errors(cfg: TrainConfig, model: bool) -> list[str]:
     expected: list[tuple[str, Any, bool]] = []  # (key, value, is a directory)
     if model:
         expected += [("model.path", cfg.model.path, True), ("model.scorer_path", cfg.model.scorer_path, True)]
+    expected.append(("model.merge_lora", cfg.model.merge_lora, True))
     if cfg.data.source == "vqav2":
         expected += [(f"data.{k}", getattr(cfg.data, k), "images" in k) for k in _PATH_KIND]
+    if cfg.method != "unigame":
+        expected.append(("internal.prompt_file", cfg.internal.prompt_file, False))
     errors = []
     for key, value, is_dir in expected:
         if value is None:

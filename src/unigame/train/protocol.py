@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REQUIRED_METHODS", "UnifiedModel", "check_unified_model"]
+__all__ = ["REQUIRED_METHODS", "SELF_GENERATION_METHODS", "UnifiedModel", "check_unified_model"]
 
 
 @runtime_checkable
@@ -96,6 +96,10 @@ REQUIRED_METHODS: tuple[str, ...] = (
     "caption",
     "lora_target_modules",
 )
+
+# What training the generation branch on its own samples needs (internal supervision): sample
+# codes, decode them, and the teacher-forced CE of given codes.
+SELF_GENERATION_METHODS: tuple[str, ...] = ("generate_codes", "decode_codes", "generation_loss_from_codes")
 
 # The official-style miner passes this to `generate_latents(..., embedding_hook=...)`: it maps the
 # generation embeddings fed at each autoregressive step, (B', L, D) -> (B', L, D).

@@ -17,12 +17,15 @@ from unigame.train.config import TrainConfig
 from unigame.train.distributed import is_main_process
 from unigame.train.signals import exit_code, stop_on_signals
 
-__all__ = ["default_run_dir", "load_recipe", "train"]
+__all__ = ["default_run_dir", "load_recipe", "train", "trainer_class"]
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    """`runs/<unigame|sft>-<adversary>-<YYYYmmdd-HHMMSS>` in the working directory."""
-    mode = f"unigame-{cfg.game.adversary}" if cfg.game.enabled else "sft"
+    """`runs/<unigame-<adversary>|sft|internal-sft|internal-dpo>-<YYYYmmdd-HHMMSS>` in the working directory."""
+    if cfg.method != "unigame":
+        mode = cfg.method
+    else:
+        mode = f"unigame-{cfg.game.adversary}" if cfg.game.enabled else "sft"
     return Path("runs") / f"{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -31,7 +34,8 @@ def train(
     resume: str | None = None,
     output: str | None = None,
 ) -> None:
-    """Post-train a unified model with UniGame (or the SFT baseline: --cfg.game.enabled false).
+    """Post-train a unified model with UniGame (or the SFT baseline: --cfg.game.enabled false), or
+    with internal supervision (--cfg.method internal-sft | internal-dpo).
 
     Recipes: --cfg configs/shapes_tiny_unigame.yaml; override any key: --cfg.game.adversary noise.
 
@@ -42,8 +46,6 @@ def train(
         output: run directory for metrics.csv, tb/, plots/ and checkpoints/ (default
             runs/<mode>-<timestamp>; with --resume PATH, the checkpoint's run directory).
     """
-    from unigame.methods.unigame.trainer import UniGameTrainer
-
     cfg.validate()  # every config error at once, before anything is loaded
     if resume == "auto" and output is None:
         raise ValueError("--resume auto needs --output (the run directory to look in).")
@@ -55,7 +57,7 @@ def train(
     if resume == "auto" and checkpoint is None and is_main_process():
         print(f"--resume auto: no complete checkpoint in {run_dir}; starting fresh.")
 
-    trainer = UniGameTrainer(cfg, run_dir)
+    trainer = trainer_class(cfg.method)(cfg, run_dir)
     try:
         trainer.setup(resume=checkpoint)
         # From here a signal is a request, checked at step boundaries: the step in flight finishes
@@ -75,6 +77,19 @@ def train(
             print(f"\nrun: {run_dir}\nfinal checkpoint (LoRA under lora/): {path}")
     finally:
         trainer.cleanup()
+
+
+def trainer_class(method: str) -> type:
+    """The trainer of `method` (imported on use: each method's package loads only when run)."""
+    if method == "unigame":
+        from unigame.methods.unigame.trainer import UniGameTrainer
+
+        return UniGameTrainer
+    if method in ("internal-sft", "internal-dpo"):
+        from unigame.methods.internal.trainer import InternalSupervisionTrainer
+
+        return InternalSupervisionTrainer
+    raise ValueError(f"method={method!r}: allowed unigame, internal-sft, internal-dpo")
 
 
 def _run_dir_of(resume: Path) -> Path:

@@ -39,7 +39,7 @@ from unigame.train.protocol import UnifiedModel, check_unified_model
 from unigame.train.run_logging import MetricsLogger, plot_training_curves
 from unigame.train.signals import StopRequest
 
-__all__ = ["NonFiniteRunError", "Trainer", "attach_lora"]
+__all__ = ["NonFiniteRunError", "Trainer", "attach_lora", "merge_lora"]
 
 
 class NonFiniteRunError(RuntimeError):
@@ -68,6 +68,18 @@ def attach_lora(
     if not any(p.requires_grad for p in peft_model.parameters()):
         raise ValueError(f"lora_target_modules() = {target_modules!r} matched no module of the model.")
     return peft_model
+
+
+def merge_lora(model: nn.Module, lora_dir: str | Path) -> None:
+    """Merge a saved LoRA into `model`'s weights in place (its modules get the merged weights back)."""
+    from peft import PeftModel
+
+    try:
+        merged = PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(f"model.merge_lora={str(lora_dir)!r} does not fit this model: {err}") from err
+    if merged is not model:  # peft swaps the LoRA layers back for plain ones inside `model` itself
+        raise RuntimeError("peft's merge_and_unload returned a new module; unigame expects an in-place merge")
 
 
 class Trainer:
@@ -171,6 +183,8 @@ class Trainer:
                 self.adapter = load_adapter(cfg.model, model_path)
         check_unified_model(self.adapter)
         self.adapter.model.to(self.device)
+        if cfg.model.merge_lora is not None:
+            merge_lora(self.adapter.model, cfg.model.merge_lora)
 
         # 2. LoRA on the language model only; every other weight frozen.
         self.peft_model = attach_lora(
