@@ -23,9 +23,10 @@ import math
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -490,6 +491,25 @@ def _log_of(job: Job) -> Path:
     return eval_dir.parent / f"{eval_dir.name}.log"
 
 
+@contextlib.contextmanager
+def forward_termination(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """SIGTERM to the grid reaches its workers too: each trainer then checkpoints at its next step
+    boundary and exits, the grid waits for them and exits 143. Without this, `kill <grid>` leaves
+    the workers training on, orphaned, beside the next run of the grid."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: Any) -> None:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_jobs(
     jobs: Sequence[Job], workers: int, on_done: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict]:
@@ -515,7 +535,10 @@ def run_jobs(
     else:
         import multiprocessing
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
+            forward_termination(pool),
+        ):
             futures = {pool.submit(run_job, job): job for job in jobs}
             for future in as_completed(futures):
                 finished(futures[future], future.result)

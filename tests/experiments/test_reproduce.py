@@ -15,6 +15,7 @@ from unigame.reproduce import (
     LEARNED_EPS,
     TABLES,
     apply_overrides,
+    branch_directions,
     comparisons_markdown,
     figure_rows,
     markdown_table,
@@ -535,3 +536,76 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path):
     (run_dir / "config.yaml").write_text(yaml.safe_dump(earlier))
     with pytest.raises(ValueError, match=r"game.eps_max: 0.5 -> 0.1"):
         run_job(job)
+
+
+def test_internal_table_rows_and_unigame_after_csft_merges_that_seeds_csft_lora(tmp_path):
+    rows = table_rows("internal")
+    assert [r.name for r in rows] == [
+        "baseline", "internal-sft", "internal-csft", "internal-dpo", "internal-oracle", "full", "full-after-csft",
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    jobs = plan_jobs(rows, [3], TrainConfig(), tmp_path / "base", out)
+    by_row = {j.row: j for j in jobs}
+    assert (
+        by_row["internal-csft"].cfg.method == "internal-sft"
+        and by_row["internal-csft"].cfg.internal.curriculum_rounds == 2
+    )
+    assert by_row["internal-dpo"].cfg.method == "internal-dpo"
+    assert by_row["internal-oracle"].cfg.internal.judge == "oracle"
+    assert by_row["full"].cfg.model.merge_lora is None and by_row["full"].cfg.game.enabled
+    after = by_row["full-after-csft"].cfg
+    assert after.method == "unigame" and after.game.enabled
+    assert after.model.merge_lora == str(
+        out / "internal-csft" / "seed-3" / "run" / "checkpoints" / "step-00000300" / "lora"
+    )
+
+
+def test_internal_table_pairs_rows_with_the_constant_base_and_reads_both_branches(tmp_path):
+    rows = [r for r in table_rows("internal") if r.name in ("baseline", "internal-sft", "internal-oracle")]
+    columns = (("GenEval strict", "clean_vqa.accuracy"), ("clean VQA", "naturalbench.g_acc"))  # stand-ins
+    results = [{"row": "baseline", "seed": -1, "eval_dir": _fake_eval(tmp_path / "b", 0.30, 0.50), "run_dir": None,
+                "train_s": 0, "eval_s": 1}]  # fmt: skip
+    for row, values in (
+        ("internal-sft", [(0.32, 0.49), (0.34, 0.47)]),
+        ("internal-oracle", [(0.40, 0.52), (0.38, 0.51)]),
+    ):
+        for seed, (gen, und) in enumerate(values):
+            root = tmp_path / row / f"seed-{seed}"
+            results.append({"row": row, "seed": seed, "eval_dir": _fake_eval(root / "eval", gen, und),
+                            "run_dir": None, "train_s": 1, "eval_s": 1})  # fmt: skip
+    summary = summarize(rows, results, columns)
+    comparisons = paired_comparisons(summary, columns, ("baseline", "internal-sft"))
+    pairs = {(c["row"], c["reference"]): c for c in comparisons}
+    # Against the base's one value: differences +2 and +4 points for SFT's generation.
+    assert pairs[("internal-sft", "baseline")]["cells"]["GenEval strict"]["mean"] == pytest.approx(3.0)
+    assert pairs[("internal-sft", "baseline")]["n"] == 2
+    assert pairs[("internal-oracle", "internal-sft")]["cells"]["GenEval strict"]["mean"] == pytest.approx(6.0)
+    directions = {d["row"]: d for d in branch_directions(summary)}
+    assert directions["internal-sft"]["direction"] == "generation up, understanding down"  # −2 points VQA
+    assert directions["internal-oracle"]["direction"] == "co-improvement"
+    assert directions["internal-oracle"]["understanding"] == pytest.approx(1.5)
+
+
+def test_sigterm_to_the_grid_terminates_its_workers():
+    """`kill <grid>` must not leave spawned workers training on as orphans."""
+    import os
+    import signal
+
+    from unigame.reproduce import forward_termination
+
+    class Process:
+        terminated = False
+
+        def terminate(self):
+            self.terminated = True
+
+    class Pool:
+        _processes = {1: Process(), 2: Process()}
+
+    pool = Pool()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info, forward_termination(pool):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert exit_info.value.code == 143
+    assert all(p.terminated for p in pool._processes.values())
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back

@@ -466,6 +466,7 @@ class Trainer:
 
         ckpt = load_checkpoint(path)
         tensors, meta = ckpt.tensors, ckpt.meta
+        self.check_resumable(meta["config"], ckpt.path)
         differences = config_diff(meta["config"], self.cfg.to_dict())
         if differences:
             warnings.warn(
@@ -474,7 +475,6 @@ class Trainer:
                 + "\n  ".join(differences),
                 stacklevel=2,
             )
-        self.check_resumable(meta["config"], ckpt.path)
         lora = load_file(str(ckpt.lora_path / "adapter_model.safetensors"), device=str(self.device))
         sharded = [p for p in self.lora_parameters if is_sharded(p)]
         if sharded:  # FSDP: every rank read the whole weights; keep this rank's shards (all laid out alike)
