@@ -101,7 +101,9 @@ class InternalSupervisionTrainer(Trainer):
         return bool(ids) and unk not in ids and tokenizer.decode(ids).strip() == text.strip()
 
     def rank_generators(self) -> dict[str, tuple[torch.Generator, int]]:
-        return {"generation": (self.generation_generator, self.cfg.seed + 2)}
+        # Several processes: every rank samples and judges the same candidates (one generation
+        # stream), so all ranks hold the same pool and each trains on its shard of a pool batch.
+        return {}
 
     # =================================================================================== train
     def train(self, until_step: int | None = None, stop: StopRequest | None = None) -> None:
