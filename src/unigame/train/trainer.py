@@ -94,6 +94,7 @@ class Trainer:
 
     METRICS: tuple[str, ...] = ()  # per-step metrics, in CSV column order
     progress_name = "train"  # the progress bar's label
+    progress_keys: tuple[str, ...] = ()  # metrics shown beside the bar every logging.log_every steps
 
     def __init__(
         self,
@@ -343,8 +344,7 @@ class Trainer:
         if self._progress is not None:
             self._progress.update(1)
             if self.step % self.cfg.logging.log_every == 0:
-                shown = ("ce_clean", "ce_adv", "ce_hard", "eps", "buffer_size")
-                self._progress.set_postfix({k: f"{metrics[k]:.3g}" for k in shown if k in metrics})
+                self._progress.set_postfix({k: f"{metrics[k]:.3g}" for k in self.progress_keys if k in metrics})
         every = self.cfg.logging.checkpoint_every
         if every and self.step % every == 0 and self.step < self.cfg.optim.steps:
             self.save_checkpoint()

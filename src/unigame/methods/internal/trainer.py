@@ -55,6 +55,7 @@ class InternalSupervisionTrainer(Trainer):
     """`internal-sft` (with `internal.curriculum_rounds` > 0: C-SFT) or `internal-dpo`."""
 
     METRICS = METRICS
+    progress_keys = ("loss", "nll", "dpo_margin", "pairs", "discard_pool")
 
     @property
     def progress_name(self) -> str:  # type: ignore[override]

@@ -102,6 +102,7 @@ class UniGameTrainer(Trainer):
     """
 
     METRICS = METRICS
+    progress_keys = ("ce_clean", "ce_adv", "ce_hard", "eps", "buffer_size")
 
     def __init__(
         self,
