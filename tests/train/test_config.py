@@ -10,6 +10,7 @@ from unigame.train.config import (
     ConfigError,
     DataConfig,
     GameConfig,
+    InternalConfig,
     LoggingConfig,
     ModelConfig,
     OptimConfig,
@@ -127,7 +128,7 @@ def test_every_field_has_help_text():
     """jsonargparse renders the "Args:" docstrings; a field without one would show no help."""
     import docstring_parser
 
-    for cls in (ModelConfig, DataConfig, GameConfig, OptimConfig, LoggingConfig, TrainConfig):
+    for cls in (ModelConfig, DataConfig, GameConfig, InternalConfig, OptimConfig, LoggingConfig, TrainConfig):
         documented = {p.arg_name for p in docstring_parser.parse(cls.__doc__).params}
         missing = {f.name for f in dataclasses.fields(cls)} - documented
         assert not missing, f"{cls.__name__} fields without help: {missing}"
