@@ -41,7 +41,11 @@ def test_the_asg_table_plans_base_asg_without_ste_labelled_sft_and_unigame(tmp_p
     sft = by_row[("sft", 1)].cfg
     assert sft.method == "unigame" and not sft.game.enabled
     assert (sft.data.train_items, sft.data.split_seed) == (asg.data.train_items, 1)  # the same images
-    assert by_row[("full", 2)].cfg.game.enabled
+    assert by_row[("full", 2)].cfg.game.enabled and by_row[("full", 2)].cfg.method == "unigame"
+    # A recipe of another method (here the ASG one) does not turn the references into it.
+    asg_recipe = load_recipe(RECIPE)
+    jobs = {j.row: j for j in plan_jobs(rows, [0], asg_recipe, Path("/m"), tmp_path / "other")}
+    assert jobs["sft"].cfg.method == jobs["full"].cfg.method == "unigame"
 
 
 def _eval(path: Path, ste: float, consistency: float) -> str:
