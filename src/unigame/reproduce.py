@@ -121,9 +121,26 @@ INTERNAL_ORACLE = Row(
     {"method": "internal-sft", "internal.judge": "oracle"},
 )
 UNIGAME_AFTER_CSFT = Row("full-after-csft", "UniGame after C-SFT", {}, after="internal-csft")
+# Ask-Solve-Generate: three LoRA roles learn from the training images alone. The rows carry the ASG
+# recipe's keys beyond the shared tiny recipe (configs/shapes_tiny_asg.yaml; a test keeps them equal).
+ASG_OVERRIDES: dict[str, Any] = {"method": "asg", "data.batch_size": 8, "optim.und_lr": 3e-4}
+ASG = Row("asg", "ASG (unlabeled)", ASG_OVERRIDES)
+ASG_NO_STE = Row(
+    "asg-no-ste",
+    "ASG without STE (difficulty from answer entropy)",
+    {**ASG_OVERRIDES, "asg.difficulty_signal": "answer_entropy"},
+)
+# The references name their method, so that a --recipe of another method cannot turn them into it.
+SFT_LABELLED = Row(
+    "sft", "labelled SFT on the same images (upper bound)", {"method": "unigame", "game.enabled": False}
+)
+UNIGAME = Row("full", FULL.label, {"method": "unigame"})
 # Per table, the rows every trained row is compared with (a row that does not train, the base, is
 # one value: each seed's difference is taken from it).
-TABLE_REFERENCES: dict[str, tuple[str, ...]] = {"internal": ("baseline", "internal-sft")}
+TABLE_REFERENCES: dict[str, tuple[str, ...]] = {
+    "internal": ("baseline", "internal-sft"),
+    "asg": ("baseline", "asg"),
+}
 
 TABLES: dict[str, tuple[Row, ...]] = {
     "4": (
@@ -146,6 +163,7 @@ TABLES: dict[str, tuple[Row, ...]] = {
     # The final decision on the test split; `best` (full + `--best` overrides) is added by table_rows.
     "confirm": (BASELINE, SFT, SFT_EQUAL, EPS0, FULL),
     "internal": (BASELINE, INTERNAL_SFT, INTERNAL_CSFT, INTERNAL_DPO, INTERNAL_ORACLE, FULL, UNIGAME_AFTER_CSFT),
+    "asg": (BASELINE, ASG, ASG_NO_STE, SFT_LABELLED, UNIGAME),
 }  # fmt: skip
 
 # (label, key in metrics.json) per table; every value is a fraction or cosine, shown x100.
@@ -183,7 +201,22 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("clean VQA", "clean_vqa.accuracy"),
         ("POPE F1", "pope.mean_f1"),
     ),
+    "asg": (
+        ("clean VQA", "clean_vqa.accuracy"),
+        ("NB G-Acc", "naturalbench.g_acc"),
+        ("POPE F1", "pope.mean_f1"),
+        ("GenEval strict", "geneval.strict.overall"),
+        ("mean STE, clean (nats)", "ste.clean"),
+        ("mean STE, shifted (nats)", "ste.shifted"),
+        ("self-consistency acc.", "self_consistency.accuracy"),
+        ("greedy acc., same questions", "self_consistency.greedy_accuracy"),
+        ("proposed: judge can answer", "run.judge_answerable"),
+        ("proposed: majority right", "run.judge_majority_correct"),
+        ("proposed: kept though easy", "run.kept_easy"),
+    ),
 }
+# Shown as they are (nats), not x100.
+NATS_COLUMNS = frozenset({"ste.clean", "ste.shifted"})
 # The two branches' direction of change against the base, per row of the internal table.
 DIRECTION_COLUMNS = ("GenEval strict", "clean VQA")
 FIGURE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -583,6 +616,8 @@ def _run_value(run_dir: str | None, key: str) -> float | None:
 def _cell_value(result: Mapping[str, Any], key: str) -> float | None:
     if key.startswith("run."):
         return _run_value(result.get("run_dir"), key)
+    if key in NATS_COLUMNS:
+        return metric_percent(result["eval_dir"], key) / 100
     return metric_percent(result["eval_dir"], key)
 
 
@@ -624,6 +659,8 @@ def _shown(summary: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, st
 
 
 def _number(key: str, value: float) -> str:
+    if key in NATS_COLUMNS:
+        return f"{value:.2f}"
     return f"{value:.3g}" if key == LEARNED_EPS[1] else f"{value:.1f}"
 
 
@@ -875,7 +912,7 @@ def default_workers(threads: int) -> int:
 
 
 def reproduce(
-    table: Literal["4", "main", "confirm", "internal"] | None = None,
+    table: Literal["4", "main", "confirm", "internal", "asg"] | None = None,
     figure: Literal["budget", "noise", "beta", "lr"] | None = None,
     seeds: int = 3,
     first_seed: int = 0,
@@ -911,7 +948,9 @@ def reproduce(
             (internal supervision, arXiv 2507.16663: baseline, SFT on self-accepted samples, C-SFT,
             DPO, the oracle SFT on judge-accepted samples, UniGame, and UniGame after C-SFT, with
             generation per tier, Nonunified, the weak-generation rate and both branches' direction
-            against the base). Default: main, unless --figure is given.
+            against the base) or `asg` (Ask-Solve-Generate: baseline, ASG, ASG without STE,
+            labelled SFT on the same images, UniGame, with mean STE and the self-consistency
+            accuracy beside the exact judge's truth). Default: main, unless --figure is given.
         figure: a sweep on the val split, each point a UniGame row, with an SFT reference band:
             `budget` (ε_max 0.005-0.5, ε_init = ε_max/2, with the ε the gate learned), `noise`
             (random token noise at σ = 0.01-0.5), `beta` (β 0.1-2 and τ percentile 40/60/80) or
@@ -929,7 +968,7 @@ def reproduce(
         rows: only these rows of the table (their names: baseline, sft, sft-equal, noise, embedding,
             embedding-cosine, embedding-cosine-buffer, decoding, decoding-cosine, decoding-clip,
             full, full-direct, eps0, official, best; internal-sft, internal-csft, internal-dpo,
-            internal-oracle, full-after-csft), e.g. [sft,full] or `--rows sft full`.
+            internal-oracle, full-after-csft; asg, asg-no-ste), e.g. [sft,full] or `--rows sft full`.
         set: extra overrides for every trained row: KEY=VALUE (e.g. game.eps_max=0.05), several
             space-separated, or a list ('[game.eps_max=0.05,game.beta=1.0]').
         best: `--table confirm` only (required there): the overrides of the `best` row on top of
@@ -1046,7 +1085,7 @@ def reproduce(
         "columns": [list(c) for c in columns],
         "summary": summary,
         "comparisons": comparisons,
-        "directions": branch_directions(summary) if table == "internal" else [],
+        "directions": branch_directions(summary) if table in ("internal", "asg") else [],
         "results": results,
         "machine": machine_description(workers, threads),
         "wall_s": wall,

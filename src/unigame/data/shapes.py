@@ -583,6 +583,32 @@ _RE_EXIST = re.compile(r"Is there an? (\w+) (\w+)(?: in the image)?\?")
 _RE_REL = re.compile(r"Is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?")
 
 
+def question_kind(question: str) -> str | None:
+    """The kind (one of QUESTION_KINDS) of a templated question whose words the world knows, else
+    None: whether a question parses, without looking at any image (`answer_question` also needs
+    the objects, and returns None for a parsing question whose referent is missing)."""
+    q = question.strip()
+    colours, shapes = set(PALETTE), set(ALL_SHAPES)
+    if _RE_COUNT_ALL.fullmatch(q):
+        return "count"
+    if m := _RE_COUNT_COLOUR.fullmatch(q):
+        return "count" if m[1] in colours else None
+    if m := _RE_COUNT_BOTH.fullmatch(q):
+        return "count" if m[1] in colours and m[2] in shapes else None
+    if m := _RE_COUNT_SHAPE.fullmatch(q):
+        return "count" if m[1] in shapes else None
+    if m := _RE_COLOUR.fullmatch(q):
+        return "colour" if m[2] in shapes else None
+    if m := _RE_SHAPE.fullmatch(q):
+        return "shape" if m[2] in colours else None
+    if m := _RE_EXIST.fullmatch(q):
+        return "existence" if m[1] in colours and m[2] in shapes else None
+    if m := _RE_REL.fullmatch(q):
+        known = m[1] in colours and m[4] in colours and m[2] in shapes and m[5] in shapes
+        return "relation" if known else None
+    return None
+
+
 def answer_question(question: str, objects: Sequence[ShapeObject]) -> str | None:
     """Answer a templated question from objects alone (e.g. the judge's reading of an image), parsing the
     text rather than reusing the generator: an independent check of generated answers and a way to score

@@ -14,10 +14,13 @@ References (facts read, code not copied):
 * MMMU: ``eval/eval_utils.py`` of the MMMU repository.
 * MMBench: CircularEval as described in the MMBench paper (Liu et al., 2023).
 * GenEval: ``evaluation/summary_scores.py`` of the GenEval repository.
+* Solver Token Entropy and self-consistency votes: Ask-Solve-Generate
+  (mbzuai-oryx/Ask-Solve-Generate, ``self_evolving/unified_trainer.py`` and ``utils.py``).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -25,9 +28,11 @@ from typing import Any, Literal
 
 __all__ = [
     "GENEVAL_TASKS",
+    "answer_entropy",
     "circular_options",
     "consistency_score",
     "geneval_scores",
+    "majority_vote",
     "mmbench_circular",
     "mmmu_accuracy",
     "mmmu_eval_open",
@@ -42,6 +47,8 @@ __all__ = [
     "parse_open_answer",
     "parse_yes_no",
     "pope_metrics",
+    "solver_sampling_schedule",
+    "solver_token_entropy",
     "unifiedbench_score",
     "vqa_accuracy",
     "vqa_soft_accuracy",
@@ -773,3 +780,60 @@ def geneval_scores(items: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     scores = {task: sum(v) / len(v) for task in GENEVAL_TASKS if (v := per_task.get(task))}
     scores["overall"] = sum(scores.values()) / len(scores)
     return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Ask-Solve-Generate: Solver Token Entropy and self-consistency votes
+# ---------------------------------------------------------------------------------------------
+
+
+def solver_token_entropy(token_entropies: Sequence[float], k: int = 5) -> float:
+    """Solver Token Entropy (STE): the largest next-token entropy (nats, over the full vocabulary)
+    among the first `k` tokens of a greedy answer, or among all of them when it has fewer.
+
+    `token_entropies` are a greedy decode's per-step entropies, EOS step included; a NaN entry
+    (a step after EOS) ends the answer. NaN when the answer has no token at all.
+    """
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    first: list[float] = []
+    for value in token_entropies[:k]:
+        if value != value:  # NaN: past the end of the answer
+            break
+        first.append(float(value))
+    return max(first) if first else math.nan
+
+
+def majority_vote(answers: Sequence[str]) -> tuple[str, float, dict[str, int]]:
+    """(majority answer, its share of the answers, the histogram) of already-normalised answers.
+
+    A tie goes to the answer seen first (as the reference's `majority_vote`), so with the greedy
+    answer listed first a tie keeps the greedy answer."""
+    if not answers:
+        raise ValueError("majority_vote got no answers")
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    best = max(counts.items(), key=lambda item: item[1])  # max keeps the first of equal counts
+    return best[0], best[1] / len(answers), counts
+
+
+def answer_entropy(counts: Mapping[str, int]) -> float:
+    """Entropy in nats of an answer histogram (0 when every answer agrees; ln n when all n differ)."""
+    total = sum(counts.values())
+    if total <= 0:
+        raise ValueError("answer_entropy got an empty histogram")
+    return -sum(c / total * math.log(c / total) for c in counts.values() if c > 0)
+
+
+def solver_sampling_schedule(
+    n: int, t_min: float = 0.5, t_max: float = 2.5, p_min: float = 0.3, p_max: float = 1.0
+) -> list[tuple[float, float]]:
+    """The (temperature, top-p) of each of a Solver's `n` answers: the greedy answer (0, 1) first,
+    then n - 1 samples at evenly spaced temperatures t_min..t_max with top-p falling p_max..p_min
+    (a hot sample gets a narrow nucleus, as in the reference's anti-correlated schedule)."""
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    m = n - 1
+    steps = [i / (m - 1) if m > 1 else 0.0 for i in range(m)]
+    return [(0.0, 1.0)] + [(t_min + (t_max - t_min) * q, p_max - (p_max - p_min) * q) for q in steps]

@@ -76,9 +76,43 @@ def load_model(
             raise FileNotFoundError(
                 f"--lora {lora!r} has no adapter_model.safetensors; pickled adapter weights are not loaded"
             )
-        PeftModel.from_pretrained(adapter.model, str(lora_dir))  # injects LoRA layers in place
+        peft_model = PeftModel.from_pretrained(adapter.model, str(lora_dir))  # injects LoRA layers in place
         adapter.model.eval()
+        if (lora_dir / GENERATOR_ROLE / "adapter_config.json").is_file():
+            # An Ask-Solve-Generate checkpoint: its Generator role generates, its Solver understands.
+            peft_model.load_adapter(str(lora_dir / GENERATOR_ROLE), adapter_name=GENERATOR_ROLE)
+            peft_model.set_adapter("default")
+            adapter.model.eval()
+            adapter = GeneratorRole(adapter, peft_model)
     return adapter, path
+
+
+GENERATOR_ROLE = "generator"
+
+
+class GeneratorRole:
+    """An adapter whose text-to-image calls run with a second peft adapter, the Generator, active
+    (an Ask-Solve-Generate checkpoint keeps one LoRA per role); every other call, understanding
+    included, runs with the `default` adapter (the Solver). Anything else passes through."""
+
+    _GENERATION = frozenset({"generate_images", "generate_latents", "generate_codes"})
+
+    def __init__(self, adapter: Any, peft_model: Any) -> None:
+        self._adapter, self._peft = adapter, peft_model
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._adapter, name)
+        if name not in self._GENERATION:
+            return value
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            self._peft.set_adapter(GENERATOR_ROLE)
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self._peft.set_adapter("default")
+
+        return generate
 
 
 def _shapes_config(model_path: Path) -> Any:

@@ -8,6 +8,9 @@
 * robustness: accuracy under a pixel-space L-inf PGD attack (`unigame.eval.attacks`);
 * generation: GenEval's six tasks on ShapesWorld prompts, judged exactly by reading the image back
   (`unigame.data.shapes.judge`) and scored with `geneval_scores`;
+* self-consistency (Ask-Solve-Generate): mean Solver Token Entropy of the greedy answers on the
+  clean and shifted questions, and how often the majority of 7 answers (greedy + 6 sampled) is
+  right, for adapters with `answer_entropies` / `sample_answers`;
 * consistency: UnifiedBench protocol 1 (caption -> regenerate -> image-feature cosine under two
   encoders), the Nonunified score (the model's understanding judging its own generations) and the
   paper's Consistency Score with the strict GenEval analogue in place of WISE.
@@ -58,8 +61,12 @@ from unigame.eval.metrics import (
     GENEVAL_TASKS,
     consistency_score,
     geneval_scores,
+    majority_vote,
     nonunified_report,
+    normalize_vqa_answer,
     pope_metrics,
+    solver_sampling_schedule,
+    solver_token_entropy,
     unifiedbench_score,
 )
 
@@ -89,6 +96,10 @@ class ShapesSizes:
         pgd_steps: PGD iterations per budget (step size 2.5 * eps / steps).
         generation: prompts per GenEval task (6 tasks).
         unifiedbench: images captioned and regenerated (the first of the clean test images).
+        ste: questions of each of the clean test and the shifted (NaturalBench-style) splits whose
+            greedy answers' Solver Token Entropy is averaged (the first of each).
+        self_consistency: clean test questions answered 7 times (greedy + 6 samples) for the
+            majority vote's accuracy (the first of them).
         batch_size: questions per model call.
         generation_batch_size: prompts per text-to-image call.
     """
@@ -102,6 +113,8 @@ class ShapesSizes:
     pgd_steps: int = 5
     generation: int = 50
     unifiedbench: int = 100
+    ste: int = 200
+    self_consistency: int = 200
     batch_size: int = 64
     generation_batch_size: int = 32
 
@@ -131,6 +144,8 @@ QUICK_SIZES = ShapesSizes(
     pgd_steps=2,
     generation=2,
     unifiedbench=6,
+    ste=16,
+    self_consistency=8,
     batch_size=32,
     generation_batch_size=16,
 )
@@ -378,6 +393,74 @@ def _nonunified(
     return report
 
 
+# The self-consistency protocol (Ask-Solve-Generate's reference values): STE over the first 5 answer
+# tokens; the Solver's 7 answers, greedy then 6 samples at temperatures 0.5-2.5, top-p 1.0-0.3.
+STE_TOKENS = 5
+SELF_CONSISTENCY_SCHEDULE = solver_sampling_schedule(7, 0.5, 2.5, 0.3, 1.0)
+
+
+@torch.no_grad()
+def _ste(
+    adapter: Any, splits: dict[str, Sequence[VQARecord]], sizes: ShapesSizes, progress: bool
+) -> dict[str, Any] | None:
+    """Mean Solver Token Entropy (nats) of the greedy answers, per split; None for an adapter without
+    `answer_entropies`. Higher: the model is less sure of its first answer tokens."""
+    if not callable(getattr(adapter, "answer_entropies", None)):
+        return None
+    device = adapter_device(adapter)
+    out: dict[str, Any] = {}
+    for name, records in splits.items():
+        values: list[float] = []
+        for start in tqdm(
+            range(0, len(records), sizes.batch_size), desc=f"STE {name}", leave=False, disable=not progress
+        ):
+            batch = records[start : start + sizes.batch_size]
+            pixels = records_to_pixels(batch).to(device)  # STE reads the first 5 tokens: decode 5
+            _, entropies = adapter.answer_entropies(pixels, [r.question for r in batch], STE_TOKENS)
+            values += [solver_token_entropy(row, STE_TOKENS) for row in entropies.tolist()]
+        out[name] = float(np.mean(values))
+    out["n"] = {name: len(records) for name, records in splits.items()}
+    return out
+
+
+@torch.no_grad()
+def _self_consistency(
+    adapter: Any, records: Sequence[VQARecord], sizes: ShapesSizes, seed: int, progress: bool
+) -> dict[str, Any] | None:
+    """How often the majority of the model's 7 answers (greedy first, ties to the earliest) is right
+    by the exact truth, beside the greedy answer's accuracy on the same questions and the mean
+    majority share; None for an adapter without `sample_answers`."""
+    if not callable(getattr(adapter, "sample_answers", None)):
+        return None
+    device = adapter_device(adapter)
+    generator = torch.Generator(device=device).manual_seed(seed + 2)
+    majority_right, greedy_right, shares = [], [], []
+    for start in tqdm(
+        range(0, len(records), sizes.batch_size), desc="self-consistency", leave=False, disable=not progress
+    ):
+        batch = records[start : start + sizes.batch_size]
+        pixels = records_to_pixels(batch).to(device)
+        questions = [r.question for r in batch]
+        answers = [
+            adapter.sample_answers(pixels, questions, temperature, top_p, generator)
+            for temperature, top_p in SELF_CONSISTENCY_SCHEDULE
+        ]  # one list per schedule entry; the first is greedy
+        for i, record in enumerate(batch):
+            votes = [normalize_vqa_answer(entry[i]) for entry in answers]
+            majority, share, _ = majority_vote(votes)
+            truth = normalize_vqa_answer(record.answer)
+            majority_right.append(majority == truth)
+            greedy_right.append(votes[0] == truth)
+            shares.append(share)
+    return {
+        "accuracy": float(np.mean(majority_right)),
+        "greedy_accuracy": float(np.mean(greedy_right)),
+        "majority_share": float(np.mean(shares)),
+        "samples": len(SELF_CONSISTENCY_SCHEDULE),
+        "n": len(records),
+    }
+
+
 @torch.no_grad()
 def _unifiedbench(
     adapter: Any,
@@ -459,7 +542,7 @@ def run_shapes_suite(
         adapter.model.eval()  # no dropout while measuring
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {}
-    n_test = max(sizes.clean, sizes.pgd, sizes.unifiedbench)
+    n_test = max(sizes.clean, sizes.pgd, sizes.unifiedbench, sizes.ste, sizes.self_consistency)
     with _timed(timings, "build_data"):
         test = build_split("test", n_test, seed, config)  # prefix-stable: test[:k] is the same for any n
         adversarial = build_split("adversarial", sizes.adversarial, seed, config)
@@ -472,6 +555,14 @@ def run_shapes_suite(
         metrics["pope"] = _pope(adapter, config, sizes, seed, progress)
     with _timed(timings, "naturalbench"):
         metrics["naturalbench"] = _naturalbench(adapter, config, sizes, seed, progress)
+    with _timed(timings, "self_consistency"):
+        shifted = build_split("naturalbench", -(-sizes.ste // 4), seed, config)[: sizes.ste]
+        ste = _ste(adapter, {"clean": test[: sizes.ste], "shifted": shifted}, sizes, progress)
+        consistency = _self_consistency(adapter, test[: sizes.self_consistency], sizes, seed, progress)
+        if ste is not None:
+            metrics["ste"] = ste
+        if consistency is not None:
+            metrics["self_consistency"] = consistency
     with _timed(timings, "adversarial"):
         metrics["adversarial_split"] = vqa_report(
             adversarial, predict(adapter, adversarial, sizes.batch_size, "adversarial split", progress)

@@ -12,7 +12,7 @@ latent is the L2-normalised `quant_conv` output per token (Janus's codebook is L
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from unigame.models.sequences import (
     CAPTION_QUESTION,
     answer_ce,
     cache_argument,
+    decode_ids,
     greedy_ids,
     guided_sample,
     pack,
@@ -185,6 +186,78 @@ class JanusAdapter:
             max_new_tokens=max_new_tokens,
         )
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+
+    # ------------------------------------------------------------------ self-play (Ask-Solve-Generate)
+    @torch.no_grad()
+    def sample_answers(
+        self,
+        pixels: torch.Tensor,
+        questions: list[str],
+        temperature: float | Sequence[float] = 1.0,
+        top_p: float | Sequence[float] = 1.0,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int = 4,
+    ) -> list[str]:
+        """Sampled answers, one per image: `temperature` and nucleus `top_p` are one value or one per
+        row (temperature 0: that row is greedy, equal to `answer`)."""
+        return self._decode(pixels, questions, temperature, top_p, generator, max_new_tokens)[0]
+
+    @torch.no_grad()
+    def answer_entropies(
+        self, pixels: torch.Tensor, questions: list[str], max_new_tokens: int = 4
+    ) -> tuple[list[str], torch.Tensor]:
+        """Greedy answers (as `answer`) and the entropy in nats of the full-vocabulary next-token
+        distribution at each generated token, EOS included: (B, max_new_tokens), NaN after EOS."""
+        return self._decode(pixels, questions, 0.0, 1.0, None, max_new_tokens)
+
+    def answer_token_logits(
+        self, pixels: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced float logits (B, T, V) predicting each answer token and EOS, and the target
+        ids (B, T), -100 past a row's EOS: what a policy-gradient step needs beyond `understanding_loss`
+        (per-token log-probabilities and a KL over the vocabulary)."""
+        prompts = [self._understanding_prompt_ids(q) for q in questions]
+        targets = [self._ids(a) + [self.eos_id] for a in answers]
+        ids, mask, positions, labels = self._pack(prompts, targets)
+        embeds = self._embed_with_image(ids, self.visual_tokens(pixels))
+        hidden = self.model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).last_hidden_state  # (B, L, D)
+        width = max(len(t) for t in targets)
+        start = ids.shape[1] - width  # the first answer column
+        logits = self.model.lm_head(hidden[:, start - 1 : -1]).float()  # (B, T, V)
+        return logits, labels[:, start:]
+
+    def _decode(
+        self,
+        pixels: torch.Tensor,
+        questions: list[str],
+        temperature: float | Sequence[float],
+        top_p: float | Sequence[float],
+        generator: torch.Generator | None,
+        max_new_tokens: int,
+    ) -> tuple[list[str], torch.Tensor]:
+        batch = len(questions)
+        device = self.device
+        temperatures = torch.as_tensor(temperature, dtype=torch.float32, device=device).expand(batch)
+        top_ps = torch.as_tensor(top_p, dtype=torch.float32, device=device).expand(batch)
+        prompts = [self._understanding_prompt_ids(q) for q in questions]
+        ids, mask, positions, _ = self._pack(prompts)
+        rows, entropies = decode_ids(
+            self.model.model.language_model,
+            self.model.lm_head,
+            self.model.get_input_embeddings(),
+            self._embed_with_image(ids, self.visual_tokens(pixels)),
+            mask,
+            positions,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            max_new_tokens=max_new_tokens,
+            temperature=temperatures,
+            top_p=top_ps,
+            generator=generator,
+        )
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows], entropies
 
     # ------------------------------------------------------------------ VQ latents
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:

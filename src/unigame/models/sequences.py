@@ -11,7 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["cache_argument", "guided_sample", "CAPTION_QUESTION", "answer_ce", "greedy_ids", "pack"]
+__all__ = [
+    "CAPTION_QUESTION",
+    "answer_ce",
+    "cache_argument",
+    "decode_ids",
+    "greedy_ids",
+    "guided_sample",
+    "nucleus_sample",
+    "pack",
+]
 
 # The question `caption()` asks; the tiny bases are trained with it (see unigame.pretrain).
 CAPTION_QUESTION = "Describe the image."
@@ -124,3 +133,78 @@ def greedy_ids(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
     return [row[: row.index(eos_id)] if eos_id in row else row for row in out_ids.tolist()]
+
+
+def nucleus_sample(
+    logits: Tensor, temperature: Tensor, top_p: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """One draw per row from logits (B, V) at a per-row temperature (B,) and nucleus top-p (B,).
+
+    A row with temperature <= 0 takes the argmax. Top-p keeps the most likely tokens until their
+    mass reaches p (always at least one), as transformers' `TopPLogitsWarper` does.
+    """
+    logits = logits.float()
+    greedy = temperature <= 0
+    scaled = logits / temperature.clamp(min=1e-6).to(logits)[:, None]
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the more likely tokens
+    sorted_p = sorted_p.masked_fill(before >= top_p.to(before)[:, None], 0.0)
+    draw = torch.multinomial(sorted_p, 1, generator=generator)  # (B, 1), renormalised
+    sampled = order.gather(-1, draw).squeeze(-1)
+    return torch.where(greedy.to(sampled.device), logits.argmax(-1), sampled)
+
+
+@torch.no_grad()
+def decode_ids(
+    lm: nn.Module,
+    lm_head: nn.Module,
+    embed: nn.Module,
+    embeds: Tensor,
+    mask: Tensor,
+    positions: Tensor,
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: Tensor,
+    top_p: Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[list[list[int]], Tensor]:
+    """Continue a packed batch (embeds (B, L, D)) by sampling (per-row temperature and top-p, (B,);
+    temperature 0 is greedy), one row of ids per sample, EOS cut.
+
+    Also returns the entropy (nats, over the whole vocabulary, of the model's untempered
+    next-token distribution) at every step a row generated a token, EOS included: (B,
+    max_new_tokens), NaN after a row's EOS. Arguments otherwise as in `greedy_ids`.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    batch, device = embeds.shape[0], embeds.device
+    out_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    entropies = torch.full((batch, max_new_tokens), float("nan"), device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        hidden = lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_argument(lm): cache},
+        ).last_hidden_state
+        logits = lm_head(hidden[:, -1]).float()  # (B, V)
+        log_p = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)  # (B,)
+        entropies[:, step] = torch.where(done, torch.full_like(entropy, float("nan")), entropy)
+        next_ids = nucleus_sample(logits, temperature, top_p, generator)  # (B,)
+        next_ids = torch.where(done, torch.full_like(next_ids, eos_id), next_ids)
+        out_ids[:, step] = next_ids
+        done |= next_ids == eos_id
+        if bool(done.all()):
+            break
+        embeds = embed(next_ids[:, None])  # (B, 1, D)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    rows = [row[: row.index(eos_id)] if eos_id in row else row for row in out_ids.tolist()]
+    return rows, entropies

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from unigame.data.generalist import ASK_QUESTION
 from unigame.data.loaders import CAPTION_PROMPT, MAX_IMAGE_PIXELS
 from unigame.data.shapes import ShapesConfig
 
 __all__ = [
+    "AsgConfig",
     "ConfigError",
     "DataConfig",
     "GameConfig",
@@ -40,8 +42,9 @@ RegForm = Literal["sum", "mean"]
 Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
-Method = Literal["unigame", "internal-sft", "internal-dpo"]
+Method = Literal["unigame", "internal-sft", "internal-dpo", "asg"]
 Judge = Literal["self", "oracle"]
+DifficultySignal = Literal["ste", "answer_entropy"]
 
 
 class ConfigError(ValueError):
@@ -289,6 +292,164 @@ class InternalConfig:
 
 
 @dataclass
+class AsgConfig:
+    """Ask, Solve, Generate (mbzuai-oryx/Ask-Solve-Generate): a Proposer, a Solver and a Generator,
+    three LoRA adapters on one frozen model, learn from unlabeled images with self-consistency rewards.
+
+    Defaults are the reference's main joint run (its E1 script, strict stage) unless the help says
+    otherwise. The Solver is LoRA `default` and learns at optim.und_lr; the other two roles have
+    their own learning rates below.
+
+    Args:
+        understanding_steps: understanding steps per cycle (reference 3), >= 0.
+        generation_steps: generation steps per cycle (reference 2), >= 0; 0: understanding only.
+        ask_prompt: the instruction the Proposer answers with a question about the image (the tiny
+            base learned to ask with this prompt).
+        candidates: K, candidate questions the Proposer writes per image (reference 3), >= 1.
+        proposer_temperature: sampling temperature of proposed questions (reference 1.3), > 0.
+        proposer_top_p: nucleus top-p of proposed questions (reference 1.0), in (0, 1].
+        question_tokens: most tokens of a proposed question, >= 1.
+        answer_tokens: most tokens of a Solver answer (the adapter's `answer` default), >= 1; the
+            greedy spot-check decodes at least ste_tokens, so STE sees every one of the first k.
+        difficulty_signal: `ste` (Solver Token Entropy of the greedy answer: the method) or
+            `answer_entropy` (the entropy of `spot_check_samples` answers, greedy first, in place
+            of STE everywhere: the "without STE" ablation).
+        ste_tokens: k: STE is the largest next-token entropy among the first k answer tokens
+            (reference 5), >= 1.
+        spot_check_samples: answers per candidate with difficulty_signal answer_entropy (the greedy
+            answer, then the first samples of the Solver's schedule; reference 3), >= 2.
+        window: the rolling window of difficulty signals (reference 128), >= 1. A question's
+            difficulty is the fraction of the window below its signal.
+        min_window: while the window holds fewer values, difficulty = sigmoid(sigmoid_alpha *
+            (signal - sigmoid_beta)) instead (reference 8), >= 1.
+        sigmoid_alpha: slope of that fallback (reference 1.5), > 0.
+        sigmoid_beta: midpoint of that fallback, in nats (reference 2.0).
+        easy_quantile: a candidate whose difficulty is below this is easy (reference 0.30), in [0, 1].
+        hard_quantile: above this it is hard, else medium (reference 0.70), in [easy_quantile, 1].
+        solver_samples: N, Solver answers per kept question: the greedy one plus N - 1 samples
+            (reference 7), >= 2.
+        solver_temperature_min: temperature of the coolest sample (reference 0.5), > 0.
+        solver_temperature_max: temperature of the hottest sample (reference 2.5), >= min.
+        solver_top_p_min: top-p of the hottest sample (reference 0.3), in (0, 1].
+        solver_top_p_max: top-p of the coolest sample (reference 1.0), in [min, 1].
+        entropy_band_min: lower edge of the answer-entropy band of the informativeness s (reference
+            0.15): s's Gaussian is centred at the band's middle (0.675) with width half the band (0.525).
+        entropy_band_max: upper edge of that band (reference 1.2), > entropy_band_min.
+        margin_max: s's margin term is max(0, 1 - (p1 - p2) / margin_max) (reference 0.9), > 0.
+        minority_weight: minority answers get -minority_weight * s (easy questions: +; reference
+            0.25), >= 0.
+        unsolvable_share: a majority share at or below this makes the question unsolvable: every
+            answer gets -minority_weight * s (reference 0.2: with N = 7, all answers differ), in [0, 1].
+        no_update_share: no Solver update when the majority share is at least this (reference
+            0.85), in (0, 1].
+        baseline_momentum: EMA momentum of the Solver's and the per-bucket Proposer baselines
+            (reference 0.6), in [0, 1).
+        kl_init: initial coefficient beta of the Solver's KL to the frozen model (reference 0.01), > 0.
+        kl_target: beta <- beta * exp(kl_rate * clip((KL - kl_target) / kl_target, -1, 1))
+            (reference 0.02), > 0.
+        kl_rate: see kl_target (reference 0.1), >= 0.
+        kl_min: lower bound of beta (reference 1e-3), > 0.
+        kl_max: upper bound of beta (reference 100), >= kl_min.
+        difficulty_weight: Proposer reward R = difficulty_weight * difficulty + base_weight * R_base
+            (reference 0.7).
+        base_weight: see difficulty_weight (reference 0.3).
+        band_weight: R_base = band_weight * clip(2s - 1, -1, 1) + (1 - band_weight) *
+            exp(-(H - mu)^2 / (2 entropy_sigma^2)) (reference 0.9), in [0, 1].
+        entropy_sigma: width of R_base's answer-entropy Gaussian (reference 0.25), > 0.
+        entropy_mu_init: initial mu, the EMA of the answer entropy H (reference 0.9).
+        entropy_mu_momentum: EMA momentum of mu (reference 0.9), in [0, 1).
+        entropy_mu_min: lower clamp of mu (reference 0.65).
+        entropy_mu_max: upper clamp of mu (reference 1.5), >= entropy_mu_min.
+        entropy_mu_floor: mu moves only on questions whose H exceeds this (reference 0.05), >= 0.
+        easy_reward_cap: the Proposer reward of a collapsed (majority share >= no_update_share) or
+            easy question is at most this (reference 0.2).
+        clip_ratio: epsilon of the Proposer's clipped surrogate against the frozen model (reference
+            0.2), in (0, 1).
+        proposer_lr: the Proposer's AdamW learning rate, > 0 (reference 1e-6 for 8B models; scaled
+            for the tiny model, see docs/asg.md).
+        generator_lr: the Generator's AdamW learning rate, > 0 (as proposer_lr).
+        prompt_tokens: most tokens of the Proposer's text-to-image prompt, >= 1.
+        qa_pairs: questions the Proposer asks about a real image for its generation spec (reference
+            2-3), >= 1; the ones that do not parse are dropped.
+        min_qa_pairs: a spec with fewer parsing questions is rejected, and its image skipped (reference
+            2), in [1, qa_pairs].
+        generations: L, images the Generator makes per prompt (reference 3), >= 1.
+        generation_guidance: classifier-free guidance of the Generator (the shapes suite's 3.0; the
+            reference's 2.0 is a diffusion model's), >= 0.
+        generation_temperature: sampling temperature of the Generator's image tokens, >= 0.
+        verify_samples: Solver answers per question on a generated image (reference 2), >= 1.
+        verify_temperature: their sampling temperature (reference 1.3), >= 0.
+        match_weight: image reward = mean over QA pairs of match_weight * (majority answer ==
+            expected) + share_weight * majority share, minus contradiction_weight * the share of
+            yes/no contradictions (reference 0.7).
+        share_weight: see match_weight (reference 0.3).
+        contradiction_weight: see match_weight (reference 0.2), >= 0.
+        reward_loss_weight: the Generator's loss is NLL(real image codes | prompt) * (1 +
+            reward_loss_weight * R_best) (reference 0.5), >= 0.
+    """
+
+    understanding_steps: int = 3
+    generation_steps: int = 2
+    ask_prompt: str = ASK_QUESTION
+    candidates: int = 3
+    proposer_temperature: float = 1.3
+    proposer_top_p: float = 1.0
+    question_tokens: int = 16
+    answer_tokens: int = 4
+    difficulty_signal: DifficultySignal = "ste"
+    ste_tokens: int = 5
+    spot_check_samples: int = 3
+    window: int = 128
+    min_window: int = 8
+    sigmoid_alpha: float = 1.5
+    sigmoid_beta: float = 2.0
+    easy_quantile: float = 0.3
+    hard_quantile: float = 0.7
+    solver_samples: int = 7
+    solver_temperature_min: float = 0.5
+    solver_temperature_max: float = 2.5
+    solver_top_p_min: float = 0.3
+    solver_top_p_max: float = 1.0
+    entropy_band_min: float = 0.15
+    entropy_band_max: float = 1.2
+    margin_max: float = 0.9
+    minority_weight: float = 0.25
+    unsolvable_share: float = 0.2
+    no_update_share: float = 0.85
+    baseline_momentum: float = 0.6
+    kl_init: float = 0.01
+    kl_target: float = 0.02
+    kl_rate: float = 0.1
+    kl_min: float = 1e-3
+    kl_max: float = 100.0
+    difficulty_weight: float = 0.7
+    base_weight: float = 0.3
+    band_weight: float = 0.9
+    entropy_sigma: float = 0.25
+    entropy_mu_init: float = 0.9
+    entropy_mu_momentum: float = 0.9
+    entropy_mu_min: float = 0.65
+    entropy_mu_max: float = 1.5
+    entropy_mu_floor: float = 0.05
+    easy_reward_cap: float = 0.2
+    clip_ratio: float = 0.2
+    proposer_lr: float = 3e-4
+    generator_lr: float = 3e-4
+    prompt_tokens: int = 32
+    qa_pairs: int = 3
+    min_qa_pairs: int = 2
+    generations: int = 3
+    generation_guidance: float = 3.0
+    generation_temperature: float = 1.0
+    verify_samples: int = 2
+    verify_temperature: float = 1.3
+    match_weight: float = 0.7
+    share_weight: float = 0.3
+    contradiction_weight: float = 0.2
+    reward_loss_weight: float = 0.5
+
+
+@dataclass
 class OptimConfig:
     """Both players' optimisers (AdamW) and the run length.
 
@@ -342,12 +503,15 @@ class TrainConfig:
     Args:
         method: `unigame` (UniGame, or the SFT baseline with game.enabled false; arXiv 2511.19413),
             `internal-sft` or `internal-dpo` (the generation branch trained on the model's own
-            self-judged images, arXiv 2507.16663; settings under `internal`).
+            self-judged images, arXiv 2507.16663; settings under `internal`), or `asg`
+            (Ask-Solve-Generate: Proposer, Solver and Generator LoRA roles learn from unlabeled
+            images; settings under `asg`).
         seed: seed of LoRA and perturber init, dropout and replay sampling, >= 0.
         model: the unified model, its device, precision and LoRA.
         data: the training records (ShapesWorld or local VQAv2-format files).
         game: the challenger, the filter, the buffer (game.enabled false = SFT baseline).
         internal: internal supervision's sampling, self-judging, curriculum and DPO.
+        asg: Ask-Solve-Generate's three roles, rewards and schedule (method asg).
         optim: run length and both players' optimisers.
         logging: metrics, checkpoints, plots.
     """
@@ -358,6 +522,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     game: GameConfig = field(default_factory=GameConfig)
     internal: InternalConfig = field(default_factory=InternalConfig)
+    asg: AsgConfig = field(default_factory=AsgConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -552,6 +717,8 @@ def _errors(cfg: TrainConfig) -> list[str]:
             "knows only ShapesWorld's own prompts (allowed: prompt_file null)"
         )
 
+    _asg_errors(cfg.asg, ge, num, choice, errors)
+
     o = cfg.optim
     ge("optim.steps", o.steps, 1)
     ge("optim.max_nonfinite_steps", o.max_nonfinite_steps, 1)
@@ -566,6 +733,88 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("logging.keep_checkpoints", lg.keep_checkpoints, 1)
     ge("logging.panel_items", lg.panel_items, 0)
     return errors
+
+
+def _asg_errors(a: AsgConfig, ge: Any, num: Any, choice: Any, errors: list[str]) -> None:
+    unit = "a number in [0, 1]"
+    ge("asg.understanding_steps", a.understanding_steps, 0)
+    ge("asg.generation_steps", a.generation_steps, 0)
+    steps = (a.understanding_steps, a.generation_steps)
+    if all(_is_int(v) for v in steps) and sum(steps) < 1:
+        errors.append(
+            "asg.understanding_steps=0 with asg.generation_steps=0 is invalid: a cycle needs at "
+            "least one step (reference 3 and 2)"
+        )
+    _check(errors, "asg.ask_prompt", a.ask_prompt, isinstance(a.ask_prompt, str) and a.ask_prompt.strip(),
+           "a non-empty instruction")  # fmt: skip
+    ge("asg.candidates", a.candidates, 1)
+    num("asg.proposer_temperature", a.proposer_temperature, lambda v: v > 0, "a number > 0 (reference 1.3)")
+    num("asg.proposer_top_p", a.proposer_top_p, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    ge("asg.question_tokens", a.question_tokens, 1)
+    ge("asg.answer_tokens", a.answer_tokens, 1)
+    choice("asg.difficulty_signal", a.difficulty_signal, DifficultySignal)
+    ge("asg.ste_tokens", a.ste_tokens, 1)
+    ge("asg.spot_check_samples", a.spot_check_samples, 2)
+    ge("asg.window", a.window, 1)
+    ge("asg.min_window", a.min_window, 1)
+    num("asg.sigmoid_alpha", a.sigmoid_alpha, lambda v: v > 0, "a number > 0")
+    num("asg.sigmoid_beta", a.sigmoid_beta, lambda v: True, "a number")
+    num("asg.easy_quantile", a.easy_quantile, lambda v: 0 <= v <= 1, unit)
+    num("asg.hard_quantile", a.hard_quantile, lambda v: 0 <= v <= 1, unit)
+    if _is_number(a.easy_quantile) and _is_number(a.hard_quantile) and a.hard_quantile < a.easy_quantile:
+        errors.append(
+            f"asg.hard_quantile={a.hard_quantile!r} is invalid: allowed a number >= asg.easy_quantile "
+            f"({a.easy_quantile!r})"
+        )
+    ge("asg.solver_samples", a.solver_samples, 2)
+    num("asg.solver_temperature_min", a.solver_temperature_min, lambda v: v > 0, "a number > 0")
+    num("asg.solver_temperature_max", a.solver_temperature_max, lambda v: v >= a.solver_temperature_min,
+        "a number >= asg.solver_temperature_min")  # fmt: skip
+    num("asg.solver_top_p_min", a.solver_top_p_min, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    num("asg.solver_top_p_max", a.solver_top_p_max, lambda v: a.solver_top_p_min <= v <= 1,
+        "a number in [asg.solver_top_p_min, 1]")  # fmt: skip
+    num("asg.entropy_band_min", a.entropy_band_min, lambda v: v >= 0, "a number >= 0")
+    num("asg.entropy_band_max", a.entropy_band_max, lambda v: v > a.entropy_band_min,
+        "a number > asg.entropy_band_min")  # fmt: skip
+    num("asg.margin_max", a.margin_max, lambda v: v > 0, "a number > 0")
+    num("asg.minority_weight", a.minority_weight, lambda v: v >= 0, "a number >= 0")
+    num("asg.unsolvable_share", a.unsolvable_share, lambda v: 0 <= v <= 1, unit)
+    num("asg.no_update_share", a.no_update_share, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    num("asg.baseline_momentum", a.baseline_momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    num("asg.kl_init", a.kl_init, lambda v: v > 0, "a number > 0")
+    num("asg.kl_target", a.kl_target, lambda v: v > 0, "a number > 0")
+    num("asg.kl_rate", a.kl_rate, lambda v: v >= 0, "a number >= 0")
+    num("asg.kl_min", a.kl_min, lambda v: v > 0, "a number > 0")
+    num("asg.kl_max", a.kl_max, lambda v: v >= a.kl_min, "a number >= asg.kl_min")
+    for key in ("difficulty_weight", "base_weight", "easy_reward_cap", "entropy_mu_init", "entropy_mu_min"):
+        num(f"asg.{key}", getattr(a, key), lambda v: True, "a number")
+    num("asg.band_weight", a.band_weight, lambda v: 0 <= v <= 1, unit)
+    num("asg.entropy_sigma", a.entropy_sigma, lambda v: v > 0, "a number > 0")
+    num("asg.entropy_mu_momentum", a.entropy_mu_momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    num(
+        "asg.entropy_mu_max",
+        a.entropy_mu_max,
+        lambda v: v >= a.entropy_mu_min,
+        "a number >= asg.entropy_mu_min",
+    )
+    num("asg.entropy_mu_floor", a.entropy_mu_floor, lambda v: v >= 0, "a number >= 0")
+    num("asg.clip_ratio", a.clip_ratio, lambda v: 0 < v < 1, "a number in (0, 1)")
+    num("asg.proposer_lr", a.proposer_lr, lambda v: v > 0, "a number > 0")
+    num("asg.generator_lr", a.generator_lr, lambda v: v > 0, "a number > 0")
+    ge("asg.prompt_tokens", a.prompt_tokens, 1)
+    ge("asg.qa_pairs", a.qa_pairs, 1)
+    ge("asg.min_qa_pairs", a.min_qa_pairs, 1)
+    if _is_int(a.min_qa_pairs) and _is_int(a.qa_pairs) and a.min_qa_pairs > a.qa_pairs:
+        errors.append(
+            f"asg.min_qa_pairs={a.min_qa_pairs!r} is invalid: allowed an int in [1, asg.qa_pairs={a.qa_pairs!r}]"
+        )
+    ge("asg.generations", a.generations, 1)
+    num("asg.generation_guidance", a.generation_guidance, lambda v: v >= 0, "a number >= 0")
+    num("asg.generation_temperature", a.generation_temperature, lambda v: v >= 0, "a number >= 0")
+    ge("asg.verify_samples", a.verify_samples, 1)
+    num("asg.verify_temperature", a.verify_temperature, lambda v: v >= 0, "a number >= 0")
+    for key in ("match_weight", "share_weight", "contradiction_weight", "reward_loss_weight"):
+        num(f"asg.{key}", getattr(a, key), lambda v: v >= 0, "a number >= 0")
 
 
 _LOCAL_KEYS = ("questions", "annotations", "images", "captions", "caption_images", "max_items")

@@ -14,7 +14,13 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REQUIRED_METHODS", "SELF_GENERATION_METHODS", "UnifiedModel", "check_unified_model"]
+__all__ = [
+    "REQUIRED_METHODS",
+    "SELF_GENERATION_METHODS",
+    "SELF_PLAY_METHODS",
+    "UnifiedModel",
+    "check_unified_model",
+]
 
 
 @runtime_checkable
@@ -100,6 +106,18 @@ REQUIRED_METHODS: tuple[str, ...] = (
 # What training the generation branch on its own samples needs (internal supervision): sample
 # codes, decode them, and the teacher-forced CE of given codes.
 SELF_GENERATION_METHODS: tuple[str, ...] = ("generate_codes", "decode_codes", "generation_loss_from_codes")
+
+# What Ask-Solve-Generate's three roles need: sampled answers (per-row temperature and top-p), greedy
+# answers with per-token entropies (STE), teacher-forced answer logits (policy gradients and the KL
+# to the frozen model), and text-to-image sampling plus the generation NLL of a real image.
+SELF_PLAY_METHODS: tuple[str, ...] = (
+    "sample_answers",
+    "answer_entropies",
+    "answer_token_logits",
+    "generate_codes",
+    "decode_codes",
+    "generation_loss",
+)
 
 # The official-style miner passes this to `generate_latents(..., embedding_hook=...)`: it maps the
 # generation embeddings fed at each autoregressive step, (B', L, D) -> (B', L, D).

@@ -21,7 +21,7 @@ __all__ = ["default_run_dir", "load_recipe", "train", "trainer_class"]
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    """`runs/<unigame-<adversary>|sft|internal-sft|internal-dpo>-<YYYYmmdd-HHMMSS>` in the working directory."""
+    """`runs/<unigame-<adversary>|sft|internal-sft|internal-dpo|asg>-<YYYYmmdd-HHMMSS>` in the working directory."""
     if cfg.method != "unigame":
         mode = cfg.method
     else:
@@ -34,8 +34,9 @@ def train(
     resume: str | None = None,
     output: str | None = None,
 ) -> None:
-    """Post-train a unified model with UniGame (or the SFT baseline: --cfg.game.enabled false), or
-    with internal supervision (--cfg.method internal-sft | internal-dpo).
+    """Post-train a unified model with UniGame (or the SFT baseline: --cfg.game.enabled false), with
+    internal supervision (--cfg.method internal-sft | internal-dpo), or with Ask-Solve-Generate
+    (--cfg.method asg, recipe configs/shapes_tiny_asg.yaml).
 
     Recipes: --cfg configs/shapes_tiny_unigame.yaml; override any key: --cfg.game.adversary noise.
 
@@ -89,7 +90,11 @@ def trainer_class(method: str) -> type:
         from unigame.methods.internal.trainer import InternalSupervisionTrainer
 
         return InternalSupervisionTrainer
-    raise ValueError(f"method={method!r}: allowed unigame, internal-sft, internal-dpo")
+    if method == "asg":
+        from unigame.methods.asg.trainer import AsgTrainer
+
+        return AsgTrainer
+    raise ValueError(f"method={method!r}: allowed unigame, internal-sft, internal-dpo, asg")
 
 
 def _run_dir_of(resume: Path) -> Path:
