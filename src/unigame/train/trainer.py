@@ -344,7 +344,9 @@ class Trainer:
         if self._progress is not None:
             self._progress.update(1)
             if self.step % self.cfg.logging.log_every == 0:
-                self._progress.set_postfix({k: f"{metrics[k]:.3g}" for k in self.progress_keys if k in metrics})
+                self._progress.set_postfix(
+                    {k: f"{metrics[k]:.3g}" for k in self.progress_keys if k in metrics}
+                )
         every = self.cfg.logging.checkpoint_every
         if every and self.step % every == 0 and self.step < self.cfg.optim.steps:
             self.save_checkpoint()
