@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from unigame.eval.run import compare, evaluate, generate
+from unigame.export import export
 from unigame.game.run import train
 from unigame.game.trainer import NonFiniteRunError
 from unigame.pretrain.base import BaseConfig
@@ -57,7 +58,7 @@ def demo(
     run_demo(output=output, quick=quick, steps=steps, base=cfg, workers=workers)
 
 
-BOOL_FLAGS = frozenset({"--quick", "--force", "--skip_bad"})
+BOOL_FLAGS = frozenset({"--quick", "--force", "--skip_bad", "--merge"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "eval": evaluate,
             "compare": compare,
             "generate": generate,
+            "export": export,
             "reproduce": reproduce,
         }
         auto_cli(commands, args=args)
