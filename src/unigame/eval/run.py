@@ -201,14 +201,22 @@ def evaluate(
     return record
 
 
-def compare(runs: list[str]) -> str:
-    """Print runs side by side as a Markdown table, with deltas against the first run.
+def compare(runs: list[str], output: str | None = None) -> str:
+    """Print runs side by side as a Markdown table, with deltas against the first run; with
+    --output, also write compare.md and a self-contained compare.html (the table, per-question-kind
+    accuracy bars, each run's training curves and hard-sample panels).
 
     Args:
-        runs: run folders (or their metrics.json files); the first is the reference.
+        runs: evaluation folders (or their metrics.json files); the first is the reference.
+        output: folder for compare.md, compare.html and their figures (default: print only).
     """
     table = compare_runs(runs)
     print(table)
+    if output is not None:
+        from unigame.eval.comparison import write_comparison
+
+        paths = write_comparison(runs, output)
+        print(f"Wrote {paths['markdown']} and {paths['html']}")
     return table
 
 
