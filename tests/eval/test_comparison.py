@@ -131,3 +131,12 @@ def test_the_page_renders_in_headless_chromium(runs, tmp_path):
 
     assert count(TAB_BLUE) > 2000 and count(TAB_ORANGE) > 2000  # bars and curves were drawn
     assert count(PANEL_RGB) > 0.5 * 240 * 120  # the embedded hard-sample panel was decoded and shown
+
+
+def test_compare_takes_run_paths_before_or_after_its_options():
+    from unigame.cli import _compare_runs_list
+
+    expected = ["compare", '["a","b,c"]', "--output", "out"]
+    assert _compare_runs_list(["compare", "a", "b,c", "--output", "out"]) == expected
+    assert _compare_runs_list(["compare", "--output", "out", "a", "b,c"]) == expected
+    assert _compare_runs_list(["compare", "--help"]) == ["compare", "--help"]
