@@ -10,10 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from unigame.eval.run import compare, evaluate, generate
-from unigame.methods.unigame.trainer import NonFiniteRunError
+from unigame.export import export
 from unigame.pretrain.base import BaseConfig
 from unigame.reproduce import GridError, reproduce
 from unigame.train.run import train
+from unigame.train.trainer import NonFiniteRunError
 
 
 def base(cfg: BaseConfig = BaseConfig(), output: str | None = None, force: bool = False) -> None:  # noqa: B008
@@ -57,15 +58,15 @@ def demo(
     run_demo(output=output, quick=quick, steps=steps, base=cfg, workers=workers)
 
 
-BOOL_FLAGS = frozenset({"--quick", "--force", "--skip_bad"})
+BOOL_FLAGS = frozenset({"--quick", "--force", "--skip_bad", "--merge"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
     args = _bare_flags(list(sys.argv[1:] if argv is None else argv))
-    if len(args) > 1 and args[0] == "compare" and not any(a.startswith("-") for a in args[1:]):
-        args = ["compare", "[" + ",".join(_quote(a) for a in args[1:]) + "]"]  # `unigame compare RUN RUN...`
+    if len(args) > 1 and args[0] == "compare":
+        args = _compare_runs_list(args)  # `unigame compare RUN RUN... [--output DIR]`
     if args and args[0] == "reproduce":
         args = _space_separated_lists(args)
     if args and args[0] == "train" and "--trust-remote-code" in args:  # the flag transformers users know
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "eval": evaluate,
             "compare": compare,
             "generate": generate,
+            "export": export,
             "reproduce": reproduce,
         }
         auto_cli(commands, args=args)
@@ -127,6 +129,29 @@ def _space_separated_lists(args: list[str]) -> list[str]:
         elif items:
             out.append("[" + ",".join(_quote(a) if quoted else a for a in items) + "]")
     return out
+
+
+def _compare_runs_list(args: list[str]) -> list[str]:
+    """`compare A B --output D` -> `compare "[A,B]" --output D`: the bare run paths (anywhere among the
+    options) as one YAML flow list, the form jsonargparse reads for the list positional. An already
+    bracketed list, or a command with no bare path (e.g. `--help`), is left alone."""
+    runs: list[str] = []
+    options: list[str] = []
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            options.append(arg)
+            takes_value = "=" not in arg and arg not in ("-h", "--help")
+            if takes_value and i + 1 < len(args):
+                options.append(args[i + 1])
+                i += 1
+        else:
+            runs.append(arg)
+        i += 1
+    if not runs or (len(runs) == 1 and runs[0].lstrip().startswith("[")):
+        return args
+    return ["compare", "[" + ",".join(_quote(a) for a in runs) + "]", *options]
 
 
 def _quote(path: str) -> str:

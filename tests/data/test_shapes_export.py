@@ -5,6 +5,7 @@ import numpy as np
 from unigame.data.formats import to_hf_dataset, write_naturalbench, write_pope, write_vqav2
 from unigame.data.loaders import load_image, load_naturalbench, load_pope, load_vqav2
 from unigame.data.splits import build_split
+from unigame.eval.metrics import vqa_accuracy
 
 
 def test_vqav2_export_round_trip(tmp_path):
@@ -13,6 +14,9 @@ def test_vqav2_export_round_trip(tmp_path):
     loaded = load_vqav2(files.questions_json, files.annotations_json, files.images_dir)
     assert [r.question for r in loaded] == [r.question for r in records]
     assert [r.answer for r in loaded] == [r.answer for r in records]
+    # one true answer = ten agreeing annotators, so the right answer scores 1 under VQA accuracy
+    assert all(r.answers == [r.answer] * 10 for r in loaded)
+    assert vqa_accuracy([r.answer for r in records], [r.answers for r in loaded]) == 1.0
     for original, back in zip(records, loaded):
         np.testing.assert_array_equal(load_image(back), original.image)
 

@@ -122,7 +122,7 @@ def test_unknown_key_is_rejected(capsys):
     assert "janus_stepz" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["base"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["base"], ["demo"], ["export"]])
 def test_help_renders(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

@@ -120,9 +120,10 @@ def write_vqav2(records: Sequence[VQARecord], out_dir: PathLike, split: str = "v
     and ``{split}/COCO_{split}_{image_id:012d}.png``. Identical images share one image_id
     (numbered from 1 in order of first use). question_id is ``int(record.id)`` when every id is
     a decimal number, else ``image_id * 1000 + k`` (VQAv2's own scheme: k-th question on that
-    image), so the loader's ids differ from non-numeric input ids. Ten answers are written: the
-    record's ``answers`` when given (as many as it has), else ``answer`` ten times (one true
-    answer on synthetic data = ten agreeing annotators). answer_type/question_type come from
+    image), so the loader's ids differ from non-numeric input ids. Reference answers: the
+    record's ``answers`` when it has two or more (as many as it has), else its one answer ten
+    times (one true answer on synthetic data = ten agreeing annotators; VQA accuracy leaves one
+    reference out, so a single reference would score 0 whatever the prediction). answer_type/question_type come from
     ``meta`` when present, else are inferred ("yes/no"/"number"/"other", "none of the above").
     """
     out = Path(out_dir)
@@ -144,7 +145,10 @@ def write_vqav2(records: Sequence[VQARecord], out_dir: PathLike, split: str = "v
         if qid in seen:
             raise ValueError(f"duplicate question id {qid} (record {record.id!r})")
         seen.add(qid)
-        answers = list(record.answers) if record.answers else [record.answer] * 10
+        # VQA accuracy leaves one reference out: a single reference answer could never score
+        answers = (
+            list(record.answers) if len(record.answers) > 1 else [(record.answers or [record.answer])[0]] * 10
+        )
         questions.append({"image_id": image_id, "question": record.question, "question_id": qid})
         annotations.append(
             {

@@ -53,7 +53,7 @@ from unigame.eval.metrics import (
     vqa_accuracy,
 )
 
-__all__ = ["BENCHMARK_SUITES", "run_benchmark"]
+__all__ = ["BENCHMARK_SUITES", "load_vqa_folder", "run_benchmark"]
 
 BENCHMARK_SUITES: tuple[str, ...] = ("vqav2", "advqa", "pope", "naturalbench", "mmmu")
 
@@ -110,7 +110,8 @@ def _data_file(data: Path, names: Sequence[str], what: str) -> Path:
     raise FileNotFoundError(f"{data}: no {what} file; expected one of {', '.join(names)} (or pass the file)")
 
 
-def _load_vqa(suite: str, data: Path, skip_bad: bool) -> Loaded[VQARecord]:
+def load_vqa_folder(suite: str, data: Path, skip_bad: bool = False) -> Loaded[VQARecord]:
+    """The records of a VQAv2/AdVQA folder exactly as `--suite vqav2|advqa --data FOLDER` reads them."""
     if not data.is_dir():
         raise FileNotFoundError(
             f"--data {data} must be a folder holding the {suite} questions, annotations and images"
@@ -284,7 +285,7 @@ def run_benchmark(
 
     skipped: dict[str, list[str]] = {}
     if suite in ("vqav2", "advqa"):
-        records = _load_vqa(suite, data, skip_bad)
+        records = load_vqa_folder(suite, data, skip_bad)
         _note_skipped(skipped, data, records)
         metrics = _vqa(records, ask, pixels, suite)
     elif suite == "pope":

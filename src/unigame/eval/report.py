@@ -46,6 +46,7 @@ __all__ = [
     "headline",
     "load_run",
     "markdown_report",
+    "run_labels",
     "write_run",
 ]
 
@@ -237,9 +238,21 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _run_label(path: str | Path) -> str:
-    path = Path(path)
-    return (path.parent if path.name == METRICS_FILE else path).name or str(path)
+def run_labels(runs: Sequence[str | Path]) -> list[str]:
+    """Short names for runs: for each, the fewest trailing path parts no other run's path ends with
+    (`unigame reproduce` names every evaluation `<row>/seed-N/eval-test`: `base/eval-test`,
+    `sft/seed-0/eval-test`, ...); the folder name when that is unique."""
+    parts = []
+    for run in runs:
+        path = Path(run)
+        path = path.parent if path.name == METRICS_FILE else path
+        parts.append(path.parts or (str(path),))
+    labels = []
+    for i, own in enumerate(parts):
+        others = [p for j, p in enumerate(parts) if j != i]
+        k = next((k for k in range(1, len(own)) if all(p[-k:] != own[-k:] for p in others)), len(own))
+        labels.append("/".join(own[-k:]))
+    return labels
 
 
 def compare_runs(runs: Sequence[str | Path]) -> str:
@@ -255,7 +268,7 @@ def compare_runs(runs: Sequence[str | Path]) -> str:
     keys: list[str] = []
     for flat in flats:
         keys += [k for k in flat if k not in keys]
-    labels = [_run_label(r) for r in runs]
+    labels = run_labels(runs)
     header = ["metric", *(labels[:1]), *(f"{label} (Δ vs {labels[0]})" for label in labels[1:])]
     rows = []
     for key in keys:

@@ -19,7 +19,7 @@ from unigame.eval.benchmarks import BENCHMARK_SUITES, run_benchmark
 from unigame.eval.report import compare_runs, headline, write_run
 from unigame.eval.shapes_suite import DEFAULT_SIZES, QUICK_SIZES, run_shapes_suite, shapes_geneval_prompts
 
-__all__ = ["SUITES", "compare", "evaluate", "generate", "load_model"]
+__all__ = ["SUITES", "checkpoint_prompt", "compare", "evaluate", "generate", "load_model"]
 
 SUITES: tuple[str, ...] = ("shapes", *BENCHMARK_SUITES)
 PromptName = Literal["tiny", "janus_pro"]
@@ -55,7 +55,8 @@ def load_model(
     """(JanusAdapter on `device`, model directory), with LoRA weights loaded on top when `lora` is set.
 
     The LoRA folder is a peft adapter (`adapter_config.json` + safetensors, as `save_pretrained`
-    writes it); `PeftModel.from_pretrained` injects it into the adapter's model in place.
+    writes it); it is checked against the base (`unigame.models.lora.check_lora_fits`: an error
+    naming both folders when it does not fit) and injected into the adapter's model in place.
     """
     from unigame.models.janus import JANUS_PRO_PROMPT, TINY_PROMPT, JanusAdapter
 
@@ -64,19 +65,10 @@ def load_model(
         path, device=_device(device), prompt=JANUS_PRO_PROMPT if prompt == "janus_pro" else TINY_PROMPT
     )
     if lora is not None:
-        from peft import PeftModel
+        from unigame.models.lora import load_lora
 
         lora_dir = Path(lora).expanduser()
-        if not (lora_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"--lora {lora!r} is not a peft adapter folder (no adapter_config.json); pass the `lora/` "
-                "folder of a training checkpoint"
-            )
-        if not (lora_dir / "adapter_model.safetensors").is_file():  # peft would unpickle a .bin
-            raise FileNotFoundError(
-                f"--lora {lora!r} has no adapter_model.safetensors; pickled adapter weights are not loaded"
-            )
-        peft_model = PeftModel.from_pretrained(adapter.model, str(lora_dir))  # injects LoRA layers in place
+        peft_model = load_lora(adapter.model, path, lora_dir)  # checked against the base, injected in place
         adapter.model.eval()
         if (lora_dir / GENERATOR_ROLE / "adapter_config.json").is_file():
             # An Ask-Solve-Generate checkpoint: its Generator role generates, its Solver understands.
@@ -116,14 +108,41 @@ class GeneratorRole:
 
 
 def _shapes_config(model_path: Path) -> Any:
-    """The ShapesWorld the base was trained on (from its manifest), else the default world."""
+    """The ShapesWorld the base was trained on (from its manifest, or from the export manifest of a
+    merged run), else the default world."""
     from unigame.data.shapes import ShapesConfig
+    from unigame.export import EXPORT_MANIFEST
     from unigame.pretrain.base import MANIFEST
 
     manifest = model_path / MANIFEST
     if manifest.is_file():
         return ShapesConfig(**json.loads(manifest.read_text())["config"]["shapes"])
+    exported = model_path / EXPORT_MANIFEST
+    if exported.is_file() and json.loads(exported.read_text()).get("shapes"):
+        return ShapesConfig(**json.loads(exported.read_text())["shapes"])
     return ShapesConfig()
+
+
+def checkpoint_prompt(model_path: str | Path, lora: str | Path | None = None) -> PromptName:
+    """The prompt layout a checkpoint was trained with: the run's `model.prompt` (config.yaml of the
+    run that holds `lora`), else the one recorded by `unigame export`, else `tiny` for a unigame
+    tiny base (it has a unigame_base.json) and `janus_pro` for any other Janus checkpoint."""
+    from unigame.export import EXPORT_MANIFEST
+    from unigame.pretrain.base import MANIFEST
+
+    recorded = None
+    if lora is not None:
+        run_config = Path(lora).expanduser().parent.parent.parent / "config.yaml"
+        if run_config.is_file():
+            import yaml
+
+            recorded = ((yaml.safe_load(run_config.read_text()) or {}).get("model") or {}).get("prompt")
+    exported = Path(model_path) / EXPORT_MANIFEST
+    if recorded is None and exported.is_file():
+        recorded = json.loads(exported.read_text()).get("prompt")
+    if recorded in ("tiny", "janus_pro"):
+        return recorded
+    return "tiny" if (Path(model_path) / MANIFEST).is_file() else "janus_pro"
 
 
 def _scorer(model_path: Path, device: str) -> Any | None:
@@ -217,14 +236,22 @@ def evaluate(
     return record
 
 
-def compare(runs: list[str]) -> str:
-    """Print runs side by side as a Markdown table, with deltas against the first run.
+def compare(runs: list[str], output: str | None = None) -> str:
+    """Print runs side by side as a Markdown table, with deltas against the first run; with
+    --output, also write compare.md and a self-contained compare.html (the table, per-question-kind
+    accuracy bars, each run's training curves and hard-sample panels).
 
     Args:
-        runs: run folders (or their metrics.json files); the first is the reference.
+        runs: evaluation folders (or their metrics.json files); the first is the reference.
+        output: folder for compare.md, compare.html and their figures (default: print only).
     """
     table = compare_runs(runs)
     print(table)
+    if output is not None:
+        from unigame.eval.comparison import write_comparison
+
+        paths = write_comparison(runs, output)
+        print(f"Wrote {paths['markdown']} and {paths['html']}")
     return table
 
 
