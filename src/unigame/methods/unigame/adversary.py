@@ -112,29 +112,52 @@ class Adversary(Protocol):
 
 
 class DecoderAdversary:
-    """Paper Eq. 7: perturb decodable latents, decode to a real image, attack U through G and Enc."""
+    """Paper Eq. 7: perturb decodable latents, decode to a real image, attack U through G and Enc.
+
+    With `residual` the buffer stores each item's clean latent z next to z̃ (`stored`), so replay
+    rebuilds x + G(z̃) − G(z) without running the VQ encoder again; and G(z) of a challenge batch
+    is decoded once, however many challenge steps reuse it.
+    """
 
     space = "latent"
 
     def __init__(self, perturber: Perturber, residual: bool = False) -> None:
         self.perturber = perturber
         self.residual = residual
+        self._reconstruction: tuple[Tensor, Tensor] | None = None  # (z, G(z)) of the last challenge batch
 
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor:
         """z: (B, N, D) float32 latent tokens of the clean images (frozen encoder, no graph)."""
         with torch.no_grad():
             return adapter.encode_latents(pixels).float()
 
-    def decode(self, adapter: UnifiedModel, perturbed: Tensor, pixels: Tensor | None = None) -> Tensor:
-        """x̃ = G(z̃), or with `residual` x + G(z̃) − G(z) (z = Enc_G(x)), in [0, 1]; differentiable in z̃."""
+    def decode(
+        self,
+        adapter: UnifiedModel,
+        perturbed: Tensor,
+        pixels: Tensor | None = None,
+        clean: Tensor | None = None,
+    ) -> Tensor:
+        """x̃ = G(z̃), or with `residual` x + G(z̃) − G(z), in [0, 1]; differentiable in z̃.
+
+        `clean`: z = Enc_G(x) when the caller has it (else it is encoded from `pixels`); G(z) is
+        decoded once per `clean` tensor and reused while the same tensor comes back.
+        """
         decoded = adapter.decode_latents(perturbed)  # (B, 3, H, W)
         if not self.residual:
             return decoded
         if pixels is None:
             raise ValueError("game.residual_decode needs the clean images x of the candidates.")
-        with torch.no_grad():
-            reconstruction = adapter.decode_latents(self.clean(adapter, pixels))  # G(z), (B, 3, H, W)
-        return (pixels + decoded - reconstruction).clamp(0, 1)
+        if clean is None:
+            clean = self.clean(adapter, pixels)
+        return (pixels + decoded - self._clean_reconstruction(adapter, clean)).clamp(0, 1)
+
+    def _clean_reconstruction(self, adapter: UnifiedModel, clean: Tensor) -> Tensor:
+        """G(z), (B, 3, H, W), no graph; the last batch's is kept (identity of `clean`, which it holds)."""
+        if self._reconstruction is None or self._reconstruction[0] is not clean:
+            with torch.no_grad():
+                self._reconstruction = (clean, adapter.decode_latents(clean))
+        return self._reconstruction[1]
 
     def attack(
         self,
@@ -146,16 +169,30 @@ class DecoderAdversary:
     ) -> Attack:
         delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
         perturbed = clean + delta  # (B, N, D) z̃ = z + δ
-        adversarial = self.decode(adapter, perturbed, pixels)  # (B, 3, H, W) x̃, differentiable
+        adversarial = self.decode(adapter, perturbed, pixels, clean)  # (B, 3, H, W) x̃, differentiable
         ce = adapter.understanding_loss(adversarial, questions, answers).float()  # (B,) through Enc and U
         return Attack(delta, perturbed, adversarial, ce)
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
-        """Understanding tokens of stored z̃ (re-decoded; `pixels` are the items' clean images)."""
+    def stored(self, perturbed: Tensor, clean: Tensor) -> Tensor:
+        """What the buffer keeps of a candidate: z̃ (B, N, D), or with `residual` z̃ and z, (B, 2, N, D)."""
+        return torch.stack([perturbed, clean], dim=1) if self.residual else perturbed
+
+    @torch.no_grad()
+    def replay_pixels(self, adapter: UnifiedModel, stored: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """x̃ (K, 3, H, W) of `stored` buffer items (`pixels`: their clean images, for `residual`)."""
         if not self.residual:
-            return tokens_from_latents(adapter, latents)
+            return adapter.decode_latents(stored)
+        if pixels is None:
+            raise ValueError("game.residual_decode needs the clean images x of the replayed items.")
+        perturbed, clean = stored.unbind(dim=1)  # (K, N, D) each
+        # Two decoder calls, not one over [z̃; z]: at ε = 0 the two decodings are then bitwise equal
+        # and x̃ = x exactly (the ε = 0 control replays the clean images).
+        return (pixels + adapter.decode_latents(perturbed) - adapter.decode_latents(clean)).clamp(0, 1)
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """Understanding tokens of stored items (re-decoded; `pixels` are the items' clean images)."""
         with torch.no_grad():
-            return adapter.visual_tokens(self.decode(adapter, latents, pixels))
+            return adapter.visual_tokens(self.replay_pixels(adapter, latents, pixels))
 
 
 class EmbeddingAdversary:
@@ -306,7 +343,9 @@ def build_candidate_filter(
 class Candidates:
     """One mining batch: what the buffer would store, its hardness, and what the filter compares."""
 
-    latents: Tensor  # (B, ...) z̃ (decoder), t̃ (token space) or generated images' VQ latents
+    latents: (
+        Tensor  # (B, ...) z̃ (decoder; [z̃, z] when residual), t̃ (token space) or generated images' VQ latents
+    )
     hardness: Tensor  # (B,) per-sample CE of U on the candidates
     clean_view: Tensor  # clean pixels (B, 3, H, W) or clean tokens (B, N_u, D_u)
     candidate_view: Tensor  # candidate pixels or tokens, same layout as clean_view
@@ -330,7 +369,8 @@ class ChallengeMiner:
         answers: list[str],
     ) -> Candidates:
         if attack.pixels is not None:
-            return Candidates(attack.perturbed, attack.ce, pixels, attack.pixels, attack.pixels)
+            latents = self.adversary.stored(attack.perturbed, clean)  # z̃, or [z̃, z] (residual)
+            return Candidates(latents, attack.ce, pixels, attack.pixels, attack.pixels)
         return Candidates(attack.perturbed, attack.ce, clean, attack.perturbed, None)
 
     def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:

@@ -82,7 +82,7 @@ METRICS: tuple[str, ...] = (
 class HardBatch:
     """Hard samples for the understand step: stored latents (re-decoded on replay) and their text."""
 
-    latents: Tensor  # (K, ...) z̃ or t̃
+    latents: Tensor  # (K, ...) z̃ (with residual decoding [z̃, z], (K, 2, N, D)) or t̃
     questions: list[str]
     answers: list[str]
     slots: Tensor | None = None  # (K·W,) buffer slots replayed on all W ranks; None for this step's selection
@@ -487,17 +487,34 @@ class UniGameTrainer(Trainer):
             restore_optimizer(self.opt_challenger, "optim.challenger", tensors, meta["optim"]["challenger"])
             self.generation_generator.set_state(tensors["generator.generation"])
             if self.buffer is not None and "buffer" in meta:
-                self.buffer.load_state_dict(
-                    {
-                        "latents": tensors["buffer.latents"],
-                        "hardness": tensors["buffer.hardness"],
-                        "metadata": meta["buffer"],
-                    }
-                )
+                state = {
+                    "latents": tensors["buffer.latents"],
+                    "hardness": tensors["buffer.hardness"],
+                    "metadata": meta["buffer"],
+                }
+                self.buffer.load_state_dict(self._with_clean_latents(state))
             # Older checkpoints have no label counts: the totals start here.
             self.label_counts.load_state_dict(meta.get("label_validity", {}))
         if self.extra_batches is not None:
             self._restore_extra_stream(meta, path)
+
+    def _with_clean_latents(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A residual run's buffer keeps [z̃, z] per item; a checkpoint written when it kept z̃ alone
+        gets z encoded from the items' clean images (so replay needs no VQ encoder afterwards)."""
+        meta = (
+            json.loads(state["metadata"]) if isinstance(state["metadata"], str) else dict(state["metadata"])
+        )
+        shape = meta.get("item_shape")
+        if not self._replay_needs_pixels or shape is None or len(shape) != 2:  # (N, D): z̃ alone
+            return state
+        perturbed = state["latents"]  # (n, N, D)
+        if perturbed.shape[0]:
+            clean = self.adversary.clean(self.adapter, self._clean_pixels(meta["ids"])).cpu()  # (n, N, D)
+            latents = torch.stack([perturbed, clean.to(perturbed.dtype)], dim=1)  # (n, 2, N, D)
+        else:
+            latents = perturbed.new_empty((0, 2, *shape))
+        meta["item_shape"] = [2, *shape]
+        return {**state, "latents": latents, "metadata": json.dumps(meta)}
 
     def _restore_extra_stream(self, meta: dict[str, Any], path: Path) -> None:
         if "data_extra" in meta:
@@ -539,9 +556,9 @@ class UniGameTrainer(Trainer):
             predictions_clean = self.adapter.answer(clean, questions)
             adversarial = predictions_adversarial = None
             if self.miner.has_pixels:
-                decode = getattr(self.adversary, "decode", None)  # the decoder adversary's own x̃ rule
+                replay = getattr(self.adversary, "replay_pixels", None)  # the decoder adversary's own x̃ rule
                 adversarial = (
-                    decode(self.adapter, latents, clean) if decode else self.adapter.decode_latents(latents)
+                    replay(self.adapter, latents, clean) if replay else self.adapter.decode_latents(latents)
                 ).float()  # (K, 3, H, W) re-decoded z̃
                 predictions_adversarial = self.adapter.answer(adversarial, questions)
         judged = self._labels_hold(adversarial, questions, answers)  # (K,) or None
