@@ -36,6 +36,7 @@ FilterName = Literal["clip", "cosine", "none"]
 Calibration = Literal["absolute", "relative_to_clean"]
 Budget = Literal["auto", "absolute", "relative"]
 RegForm = Literal["sum", "mean"]
+Schedule = Literal["alternating", "simultaneous"]
 Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
@@ -210,6 +211,15 @@ class GameConfig:
         replay_batch: buffer items replayed per understand step and process, >= 1; None:
             data.batch_size.
         mine_every: mine every m steps (paper m not fixed; 1 = every step), >= 1.
+        schedule: when the two players move: `alternating` (paper Algorithm 1: the challenge
+            step's forward/backward, mining, then the understand step's) or `simultaneous` (one
+            forward/backward over [clean; x̃; replayed]: LoRA descends L_U and the perturber ascends
+            CE(x̃) through a gradient reversal at delta, each getting the gradient the alternating
+            step gives it, except that the replayed batch is drawn before this step's mining). With
+            buffer false (L_U's hard items are this step's selected candidates) the language model's
+            work drops by a third; with the buffer the replayed items are rows of their own and the
+            step costs about what an alternating one does. Needs mining decoder and one challenge
+            and one understand step (docs/method.md).
         challenge_steps: perturber updates per step (1:1 alternation = 1), >= 1.
         understand_steps: LoRA updates per step on the same mixed batch, >= 1.
         generation_guidance: classifier-free guidance of `mining: official`, >= 0.
@@ -237,6 +247,7 @@ class GameConfig:
     capacity: int = 50
     replay_batch: int | None = None
     mine_every: int = 1
+    schedule: Schedule = "alternating"
     challenge_steps: int = 1
     understand_steps: int = 1
     generation_guidance: float = 3.0
@@ -458,6 +469,20 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("game.mine_every", g.mine_every, 1)
     ge("game.challenge_steps", g.challenge_steps, 1)
     ge("game.understand_steps", g.understand_steps, 1)
+    choice("game.schedule", g.schedule, Schedule)
+    if g.enabled is True and g.schedule == "simultaneous":
+        for key in ("challenge_steps", "understand_steps"):
+            if getattr(g, key) != 1:
+                errors.append(
+                    f"game.{key}={getattr(g, key)!r} is invalid with game.schedule='simultaneous': one joint "
+                    "forward/backward moves both players once per step (allowed: 1, or schedule alternating)"
+                )
+        if g.mining == "official":
+            errors.append(
+                "game.mining='official' is invalid with game.schedule='simultaneous': its candidates are "
+                "generated images, not the perturbed inputs the joint step trains on (use mining decoder, "
+                "or schedule alternating)"
+            )
     num("game.generation_guidance", g.generation_guidance, lambda v: v >= 0, "a number >= 0")
     num("game.generation_temperature", g.generation_temperature, lambda v: v >= 0, "a number >= 0")
     if g.enabled is True and _is_int(d.extra_clean_items) and d.extra_clean_items > 0:

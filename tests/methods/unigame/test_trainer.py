@@ -322,8 +322,18 @@ def test_a_non_finite_state_is_never_checkpointed(tmp_path, make_janus, records)
         {"enabled": False},  # the SFT baseline
         {"filter": "none", "residual_decode": True},  # replay re-reads the items' clean images
         {"filter": "none", "residual_decode": True, "buffer": False},  # this step's selection
+        {"filter": "none", "residual_decode": True, "schedule": "simultaneous"},  # one joint backward
+        {"filter": "none", "schedule": "simultaneous", "buffer": False},
     ],
-    ids=["unigame", "noise", "sft", "residual", "residual-no-buffer"],
+    ids=[
+        "unigame",
+        "noise",
+        "sft",
+        "residual",
+        "residual-no-buffer",
+        "simultaneous",
+        "simultaneous-no-buffer",
+    ],
 )
 def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path, make_janus, records, game):
     steps = 4

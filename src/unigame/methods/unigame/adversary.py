@@ -48,11 +48,13 @@ __all__ = [
     "EmbeddingAdversary",
     "GenerationMiner",
     "NoiseAdversary",
+    "Perturbation",
     "TokenCosineFilter",
     "TokenKeepAll",
     "build_adversary",
     "build_candidate_filter",
     "build_miner",
+    "reverse_gradient",
     "tokens_as_stored",
     "tokens_from_latents",
 ]
@@ -70,6 +72,39 @@ class Attack:
     def detach(self) -> Attack:
         pixels = None if self.pixels is None else self.pixels.detach()
         return Attack(self.delta.detach(), self.perturbed.detach(), pixels, self.ce.detach())
+
+
+@dataclass
+class Perturbation:
+    """A challenge forward up to the language model: δ, the perturbed input and U's input tokens of it."""
+
+    delta: Tensor  # (B, N, D) float32 perturbation (the regulariser's input)
+    perturbed: Tensor  # (B, N, D) z + δ: what a buffer stores
+    pixels: Tensor | None  # (B, 3, H, W) decoded x̃ in [0, 1]; None for token-space attacks
+    tokens: Tensor  # (B, N_u, D_u) understanding tokens of the perturbed input, differentiable in δ
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the backward negates the gradient, times a per-row `scale` read at backward time."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, scale: Tensor | None) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        if ctx.scale is None:
+            return -grad, None
+        return -grad * ctx.scale.view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype), None
+
+
+def reverse_gradient(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """x in the forward, −∂L/∂x in the backward (times `scale[b]` for row b, when given): one backward
+    of a loss the understanding player descends makes the perturber behind x ascend it
+    (`game.schedule: simultaneous`). `scale` (B,) may be filled in after the forward: it is read when
+    the backward reaches x, so a row's weight in the loss, decided after the forward, can be undone."""
+    return _ReverseGradient.apply(x, scale)
 
 
 # ------------------------------------------------------------------------------------------ replay
@@ -96,6 +131,15 @@ class Adversary(Protocol):
     space: str  # "latent" (decodable VQ latents) or "tokens" (understanding tokens)
 
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor: ...
+
+    def perturb(
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        pixels: Tensor | None = None,
+        *,
+        reverse: Tensor | None = None,
+    ) -> Perturbation: ...
 
     def attack(
         self,
@@ -167,11 +211,34 @@ class DecoderAdversary:
         answers: list[str],
         pixels: Tensor | None = None,
     ) -> Attack:
-        delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
-        perturbed = clean + delta  # (B, N, D) z̃ = z + δ
-        adversarial = self.decode(adapter, perturbed, pixels, clean)  # (B, 3, H, W) x̃, differentiable
+        delta, perturbed, adversarial = self._decoded(adapter, clean, pixels, None)
         ce = adapter.understanding_loss(adversarial, questions, answers).float()  # (B,) through Enc and U
         return Attack(delta, perturbed, adversarial, ce)
+
+    def perturb(
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        pixels: Tensor | None = None,
+        *,
+        reverse: Tensor | None = None,
+    ) -> Perturbation:
+        """δ = C(z), x̃ and Enc(x̃), differentiable in δ; `reverse` (B,): through a gradient reversal at
+        δ with that per-row scale (`reverse_gradient`). U's CE of the tokens is `attack`'s CE as far as
+        the adapter's `understanding_loss` is `understanding_loss_from_tokens` of `visual_tokens`
+        (the protocol's contract; Janus and Emu3 are written so)."""
+        delta, perturbed, adversarial = self._decoded(adapter, clean, pixels, reverse)
+        return Perturbation(delta, perturbed, adversarial, adapter.visual_tokens(adversarial))
+
+    def _decoded(
+        self, adapter: UnifiedModel, clean: Tensor, pixels: Tensor | None, reverse: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """δ (B, N, D), z + δ and x̃ (B, 3, H, W), differentiable in δ."""
+        delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
+        perturbed = clean + (
+            delta if reverse is None else reverse_gradient(delta, reverse)
+        )  # (B, N, D) z + δ
+        return delta, perturbed, self.decode(adapter, perturbed, pixels, clean)  # x̃, differentiable
 
     def stored(self, perturbed: Tensor, clean: Tensor) -> Tensor:
         """What the buffer keeps of a candidate: z̃ (B, N, D), or with `residual` z̃ and z, (B, 2, N, D)."""
@@ -216,10 +283,24 @@ class EmbeddingAdversary:
         answers: list[str],
         pixels: Tensor | None = None,
     ) -> Attack:
+        p = self.perturb(adapter, clean, pixels)
+        ce = adapter.understanding_loss_from_tokens(p.tokens, questions, answers).float()  # (B,)
+        return Attack(p.delta, p.perturbed, None, ce)
+
+    def perturb(
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        pixels: Tensor | None = None,
+        *,
+        reverse: Tensor | None = None,
+    ) -> Perturbation:
+        """δ = C(t) and t̃ = t + δ (U's input itself); `reverse` (B,): through a gradient reversal at δ."""
         delta = self.perturber(clean)  # (B, N_u, D_u) float32
-        perturbed = clean + delta  # (B, N_u, D_u) t̃ = t + δ
-        ce = adapter.understanding_loss_from_tokens(perturbed, questions, answers).float()  # (B,)
-        return Attack(delta, perturbed, None, ce)
+        perturbed = clean + (
+            delta if reverse is None else reverse_gradient(delta, reverse)
+        )  # (B, N_u, D_u) t̃
+        return Perturbation(delta, perturbed, None, perturbed)
 
     def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
         """Stored t̃ are understanding tokens already."""
