@@ -386,3 +386,28 @@ def test_resume_with_another_config_warns_and_says_which_wins(tmp_path, make_jan
     with pytest.raises(ValueError, match="cannot switch between SFT and UniGame"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sft.setup(resume=checkpoint)
+
+
+def test_a_residual_buffer_saved_without_z_gets_z_encoded_when_loaded(tmp_path, make_janus, records):
+    """A residual run's buffer keeps [z̃, z] per item (replay then runs no VQ encoder); a checkpoint
+    written when it kept z̃ alone loads with z encoded from the items' clean images (within 1e-5 of the
+    z the run stored: the encoder runs on another batch)."""
+    import json
+
+    trainer = _trainer(tmp_path, make_janus(), records, small_config(steps=2, filter="none", residual_decode=True))
+    trainer.train()
+    state = trainer.buffer.state_dict()
+    assert state["latents"].dim() == 4 and state["latents"].shape[1] == 2  # (n, 2, N, D)
+    meta = json.loads(state["metadata"])
+    old = {
+        **state,
+        "latents": state["latents"][:, 0],  # z̃ alone, as older checkpoints hold it
+        "metadata": json.dumps({**meta, "item_shape": meta["item_shape"][1:]}),
+    }
+    upgraded = trainer._with_clean_latents(old)
+    assert json.loads(upgraded["metadata"])["item_shape"] == meta["item_shape"]
+    assert torch.equal(upgraded["latents"][:, 0], state["latents"][:, 0])
+    assert (upgraded["latents"][:, 1] - state["latents"][:, 1]).abs().max() < 1e-5
+    trainer.buffer.load_state_dict(upgraded)
+    assert len(trainer.buffer) == len(meta["ids"])
+    trainer.cleanup()
