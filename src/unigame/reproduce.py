@@ -76,6 +76,7 @@ class Row:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     trains: bool = True
     derived: Callable[[TrainConfig], Mapping[str, Any]] | None = None
+    paired_with: str | None = None  # another row of the table it is also compared with, seed by seed
 
     def overrides_for(self, recipe: TrainConfig) -> dict[str, Any]:
         """The dotted overrides this row applies on top of `recipe`."""
@@ -123,6 +124,17 @@ TABLES: dict[str, tuple[Row, ...]] = {
         OFFICIAL,
     ),
     "main": (BASELINE, SFT, FULL),
+    # game.schedule: each UniGame row in both schedules, with the buffer (full) and without it
+    # (decoding + CLIP: the hard items are this step's candidates, where the joint step saves most).
+    "schedule": (
+        BASELINE,
+        SFT,
+        FULL,
+        Row("full-simultaneous", "full, simultaneous schedule", {"game.schedule": "simultaneous"}, paired_with="full"),
+        Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}),
+        Row("decoding-clip-simultaneous", "decoding + CLIP, simultaneous schedule",
+            {"game.buffer": False, "game.schedule": "simultaneous"}, paired_with="decoding-clip"),
+    ),
     # The final decision on the test split; `best` (full + `--best` overrides) is added by table_rows.
     "confirm": (BASELINE, SFT, SFT_EQUAL, EPS0, FULL),
 }  # fmt: skip
@@ -151,6 +163,7 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "main": _MAIN_COLUMNS,
     "confirm": _MAIN_COLUMNS,
+    "schedule": _MAIN_COLUMNS,
 }
 FIGURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("clean VQA", "clean_vqa.accuracy"),
@@ -656,37 +669,35 @@ def paired_comparisons(
     summary: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str]],
     references: Sequence[str] = REFERENCES,
+    pairs: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every trained row against each reference present (`sft`, `sft-equal`, then `eps0`), per metric
     column, paired by training seed over the seeds both rows have (`run.` columns are left out:
     the references have no ε). A row is compared with a reference only once (sft-equal vs sft,
-    not also sft vs sft-equal)."""
+    not also sft vs sft-equal). `pairs` (row -> row) adds one comparison each, e.g. a setting in
+    the simultaneous schedule against the same setting alternating (`Row.paired_with`)."""
     by_row = {entry["row"]: entry for entry in summary}
     present = [ref for ref in references if ref in by_row]
     metric_labels = [label for label, key in columns if not key.startswith("run.")]
+    wanted = [(entry, ref) for i, ref in enumerate(present) for entry in summary
+              if entry["trains"] and entry["row"] not in present[: i + 1]]  # fmt: skip
+    wanted += [(by_row[row], ref) for row, ref in (pairs or {}).items() if row in by_row and ref in by_row]
     comparisons = []
-    for i, ref in enumerate(present):
-        for entry in summary:
-            if not entry["trains"] or entry["row"] in present[: i + 1]:
-                continue
-            cells = {}
-            for label in metric_labels:
-                mine = dict(zip(entry["cells"][label]["seeds"], entry["cells"][label]["values"], strict=True))
-                theirs = dict(
-                    zip(
-                        by_row[ref]["cells"][label]["seeds"],
-                        by_row[ref]["cells"][label]["values"],
-                        strict=True,
-                    )
-                )
-                shared = sorted(set(mine) & set(theirs))
-                cells[label] = paired_stats([mine[s] - theirs[s] for s in shared])
-            pairs = max((cell["n"] for cell in cells.values()), default=0)
-            if pairs:
-                comparisons.append(
-                    {"row": entry["row"], "label": entry["label"], "reference": ref,
-                     "reference_label": by_row[ref]["label"], "n": pairs, "cells": cells}
-                )  # fmt: skip
+    for entry, ref in wanted:
+        cells = {}
+        for label in metric_labels:
+            mine = dict(zip(entry["cells"][label]["seeds"], entry["cells"][label]["values"], strict=True))
+            theirs = dict(
+                zip(by_row[ref]["cells"][label]["seeds"], by_row[ref]["cells"][label]["values"], strict=True)
+            )
+            shared = sorted(set(mine) & set(theirs))
+            cells[label] = paired_stats([mine[s] - theirs[s] for s in shared])
+        pairs_n = max((cell["n"] for cell in cells.values()), default=0)
+        if pairs_n:
+            comparisons.append(
+                {"row": entry["row"], "label": entry["label"], "reference": ref,
+                 "reference_label": by_row[ref]["label"], "n": pairs_n, "cells": cells}
+            )  # fmt: skip
     return comparisons
 
 
@@ -813,7 +824,7 @@ def default_workers(threads: int) -> int:
 
 
 def reproduce(
-    table: Literal["4", "main", "confirm"] | None = None,
+    table: Literal["4", "main", "confirm", "schedule"] | None = None,
     figure: Literal["budget", "noise", "beta", "lr"] | None = None,
     seeds: int = 3,
     first_seed: int = 0,
@@ -845,8 +856,10 @@ def reproduce(
             embedding (+cosine, +buffer), decoding (+cosine, +CLIP), full, full with the paper's
             direct decoding, UniGame with ε = 0, official-style mining), `main` (baseline / SFT / UniGame on understanding, robustness,
             consistency and generation) or `confirm` (the final test-split decision: baseline, SFT,
-            SFT with equal examples, ε = 0, full and `best` = full + --best). Default: main,
-            unless --figure is given.
+            SFT with equal examples, ε = 0, full and `best` = full + --best) or `schedule` (full and
+            decoding + CLIP in the alternating and the simultaneous schedule, beside baseline and
+            SFT, each simultaneous row also paired with its alternating one; run it on --split
+            val). Default: main, unless --figure is given.
         figure: a sweep on the val split, each point a UniGame row, with an SFT reference band:
             `budget` (ε_max 0.005-0.5, ε_init = ε_max/2, with the ε the gate learned), `noise`
             (random token noise at σ = 0.01-0.5), `beta` (β 0.1-2 and τ percentile 40/60/80) or
@@ -956,7 +969,9 @@ def reproduce(
     results = run_jobs(jobs, workers, report)
     wall = time.perf_counter() - started
     summary = summarize(chosen, results, columns)
-    comparisons = paired_comparisons(summary, columns)
+    comparisons = paired_comparisons(
+        summary, columns, pairs={r.name: r.paired_with for r in chosen if r.paired_with}
+    )
     text = markdown_table(summary, columns)
     paired = comparisons_markdown(comparisons, columns)
     command = "unigame " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""

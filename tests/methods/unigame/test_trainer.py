@@ -394,7 +394,9 @@ def test_a_residual_buffer_saved_without_z_gets_z_encoded_when_loaded(tmp_path, 
     z the run stored: the encoder runs on another batch)."""
     import json
 
-    trainer = _trainer(tmp_path, make_janus(), records, small_config(steps=2, filter="none", residual_decode=True))
+    trainer = _trainer(
+        tmp_path, make_janus(), records, small_config(steps=2, filter="none", residual_decode=True)
+    )
     trainer.train()
     state = trainer.buffer.state_dict()
     assert state["latents"].dim() == 4 and state["latents"].shape[1] == 2  # (n, 2, N, D)
