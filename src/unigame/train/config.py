@@ -212,14 +212,15 @@ class GameConfig:
             data.batch_size.
         mine_every: mine every m steps (paper m not fixed; 1 = every step), >= 1.
         schedule: when the two players move: `alternating` (paper Algorithm 1: the challenge
-            step's forward/backward, mining, then the understand step's) or `simultaneous` (one
-            forward/backward over [clean; x̃; replayed]: LoRA descends L_U and the perturber ascends
-            CE(x̃) through a gradient reversal at delta, each getting the gradient the alternating
-            step gives it, except that the replayed batch is drawn before this step's mining). With
-            buffer false (L_U's hard items are this step's selected candidates) the language model's
-            work drops by a third; with the buffer the replayed items are rows of their own and the
-            step costs about what an alternating one does. Needs mining decoder and one challenge
-            and one understand step (docs/method.md).
+            step's forward/backward, mining, then the understand step's) or `simultaneous` (a
+            departure: one forward/backward over [clean; x̃; replayed] in which LoRA descends L_U
+            and the perturber ascends CE(x̃) through a gradient reversal at delta, each getting the
+            gradient the alternating step gives it, except that the replayed batch is drawn before
+            this step's mining). With buffer false the language model sees 2B rows a step instead of
+            B + (B + the selected candidates), and the selection is not decoded again; with the
+            buffer the replayed items are rows of their own and the step costs about what an
+            alternating one does. Needs mining decoder and one challenge and one understand step
+            (docs/method.md).
         challenge_steps: perturber updates per step (1:1 alternation = 1), >= 1.
         understand_steps: LoRA updates per step on the same mixed batch, >= 1.
         generation_guidance: classifier-free guidance of `mining: official`, >= 0.
