@@ -13,14 +13,14 @@ from .conftest import PaletteScorer, small_config
 
 
 def _first_step_gradients(
-    tmp_path, make_janus, records, name: str, **game
+    tmp_path, make_janus, records, name: str, precision: str = "fp32", **game
 ) -> dict[str, dict[str, torch.Tensor]]:
     """The gradients each optimiser steps with on the first step, by player and parameter name.
 
     LoRA dropout is off: its masks depend on the batch's shape, which the two schedules lay out
     differently; with it on the gradients would differ by the masks, not by the schedule."""
     cfg = small_config(steps=1, **game)
-    cfg.model = ModelConfig(path=cfg.model.path, lora_dropout=0.0)
+    cfg.model = ModelConfig(path=cfg.model.path, lora_dropout=0.0, precision=precision)
     cfg.optim.grad_clip = 0.0  # the raw gradients
     trainer = UniGameTrainer(cfg, tmp_path / name, make_janus(), PaletteScorer(), records)
     trainer.setup()
@@ -52,21 +52,22 @@ def _first_step_gradients(
         {"residual_decode": False, "buffer": False, "reg_lambda": 0.1},  # the paper's decoding, with λ‖δ‖²
         {"adversary": "embedding", "buffer": False},  # token space
         {"residual_decode": True},  # buffer on: the perturber's gradient (LoRA's replays another batch)
+        {"residual_decode": True, "buffer": False, "precision": "bf16"},  # bf16 autocast, fp32 perturber
     ],
-    ids=["residual", "direct-reg", "embedding", "buffer"],
+    ids=["residual", "direct-reg", "embedding", "buffer", "bf16"],
 )
 def test_simultaneous_gives_each_player_the_alternating_gradient(tmp_path, make_janus, records, game):
     """Same weights, same batch: the perturber's gradient from the joint backward (through the gradient
     reversal at δ) is the alternating challenge step's, and LoRA's is the understand step's on the same
     selection. Tolerance 1e-6 of the largest gradient (measured: the perturber's bit for bit, LoRA's
-    within 2e-7): LoRA's loss sums the same terms in another order, and alternating re-decodes the
-    selected items' x̃ where simultaneous reuses it."""
+    within 2e-7 in fp32 and bit for bit in bf16): LoRA's loss sums the same terms in another order,
+    and alternating re-decodes the selected items' x̃ where simultaneous reuses it."""
+    players = ["challenger"] + (["understand"] if game.get("buffer") is False else [])
     game = {"filter": "none", "percentile": 50.0, **game}
     alternating = _first_step_gradients(tmp_path, make_janus, records, "alt", **game)
     simultaneous = _first_step_gradients(
         tmp_path, make_janus, records, "sim", schedule="simultaneous", **game
     )
-    players = ["challenger"] + (["understand"] if game.get("buffer") is False else [])
     for player in players:
         expected, got = alternating[player], simultaneous[player]
         assert expected.keys() == got.keys() and expected, player
