@@ -9,6 +9,8 @@ machine hits all of them alike (`--modes`, default all):
 * `simultaneous`          — the same with `game.schedule: simultaneous` (one forward/backward);
 * `alternating-nobuffer`, `simultaneous-nobuffer` — both schedules with `game.buffer: false`: the
   hard items are this step's selected candidates (where the joint step saves the most);
+* `alternating-images`, `simultaneous-images` — both schedules with `game.replay_images: true`: the
+  buffer keeps x̃ and replay decodes nothing;
 * `official`              — official-code style: token-space adversary and mining by text-to-image
   generation from the question with δ injected at every autoregressive step, every step.
 
@@ -76,6 +78,11 @@ MODES: dict[str, tuple[str, dict[str, object]]] = {
     "simultaneous-nobuffer": (
         "UniGame, simultaneous, buffer off",
         {"schedule": "simultaneous", "buffer": False},
+    ),
+    "alternating-images": ("UniGame, alternating, buffer keeps x̃", {"replay_images": True}),
+    "simultaneous-images": (
+        "UniGame, simultaneous, buffer keeps x̃",
+        {"schedule": "simultaneous", "replay_images": True},
     ),
     "official": (
         "official-style: token adversary + T2I mining",

@@ -237,3 +237,11 @@ def test_schedule_is_alternating_by_default_and_simultaneous_refuses_what_it_can
         ConfigError, match=r"game.schedule='together' is invalid: allowed alternating \| simultaneous"
     ):
         TrainConfig(game=GameConfig(schedule="together")).validate()
+
+
+def test_replay_images_is_off_by_default_and_a_bool():
+    from unigame.train.config import GameConfig, TrainConfig
+
+    assert GameConfig().replay_images is False  # the buffer keeps latents: ~100x smaller than images
+    with pytest.raises(ConfigError, match=r"game.replay_images='yes' is invalid: allowed true \| false"):
+        TrainConfig(game=GameConfig(replay_images="yes")).validate()

@@ -164,6 +164,13 @@ class GameConfig:
             (docs/base.md), and replaying such images trains on labels that no longer hold. Set
             false for the paper's direct decoding (the Janus-Pro recipes do). Token-space
             adversaries (embedding, noise) decode nothing and ignore it.
+        replay_images: decoder adversary with the buffer: each buffer item keeps its decoded image
+            x̃ instead of its latents, and replay reads it back instead of decoding again (with
+            residual decoding that is two decoder passes per replayed item: ~19% of a tiny UniGame
+            step). The replayed image is then the one the challenge scored, not a re-decoding of it
+            (equal to ~1e-5). The cost is an image per item (capacity 50: 0.6 MB on the tiny Janus,
+            88 MB at 384 px, float32) against two latents; off by default, so large capacities stay
+            cheap. Token-space adversaries store tokens and ignore it.
         mining: where hard candidates come from: `decoder` (the challenge forward's own perturbed
             input, reused), `official` (text-to-image from the question with the token-space
             perturbation injected at every generation step; needs adversary embedding or noise).
@@ -231,6 +238,7 @@ class GameConfig:
     adversary: Adversary = "decoder"
     mining: Mining = "decoder"
     residual_decode: bool = True
+    replay_images: bool = False
     filter: FilterName = "clip"
     clip_threshold: float = 0.6
     clip_calibration: Calibration = "relative_to_clean"
@@ -442,6 +450,7 @@ def _errors(cfg: TrainConfig) -> list[str]:
     g = cfg.game
     _check(errors, "game.enabled", g.enabled, isinstance(g.enabled, bool), "true | false")
     _check(errors, "game.buffer", g.buffer, isinstance(g.buffer, bool), "true | false")
+    _check(errors, "game.replay_images", g.replay_images, isinstance(g.replay_images, bool), "true | false")
     choice("game.adversary", g.adversary, Adversary)
     choice("game.mining", g.mining, Mining)
     choice("game.filter", g.filter, FilterName)

@@ -160,14 +160,16 @@ class DecoderAdversary:
 
     With `residual` the buffer stores each item's clean latent z next to z̃ (`stored`), so replay
     rebuilds x + G(z̃) − G(z) without running the VQ encoder again; and G(z) of a challenge batch
-    is decoded once, however many challenge steps reuse it.
+    is decoded once, however many challenge steps reuse it. With `images` (`game.replay_images`)
+    the buffer stores x̃ itself and replay decodes nothing.
     """
 
     space = "latent"
 
-    def __init__(self, perturber: Perturber, residual: bool = False) -> None:
+    def __init__(self, perturber: Perturber, residual: bool = False, images: bool = False) -> None:
         self.perturber = perturber
         self.residual = residual
+        self.images = images
         self._reconstruction: tuple[Tensor, Tensor] | None = None  # (z, G(z)) of the last challenge batch
 
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor:
@@ -240,13 +242,25 @@ class DecoderAdversary:
         )  # (B, N, D) z + δ
         return delta, perturbed, self.decode(adapter, perturbed, pixels, clean)  # x̃, differentiable
 
-    def stored(self, perturbed: Tensor, clean: Tensor) -> Tensor:
-        """What the buffer keeps of a candidate: z̃ (B, N, D), or with `residual` z̃ and z, (B, 2, N, D)."""
+    @property
+    def replay_needs_clean_pixels(self) -> bool:
+        """Whether replay reads the items' clean images x (residual decoding of stored latents)."""
+        return self.residual and not self.images
+
+    def stored(self, perturbed: Tensor, clean: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """What the buffer keeps of a candidate: z̃ (B, N, D); with `residual` z̃ and z, (B, 2, N, D);
+        with `images` the decoded x̃ (`pixels`, (B, 3, H, W))."""
+        if self.images:
+            if pixels is None:
+                raise ValueError("game.replay_images stores the decoded candidates; pass their pixels.")
+            return pixels
         return torch.stack([perturbed, clean], dim=1) if self.residual else perturbed
 
     @torch.no_grad()
     def replay_pixels(self, adapter: UnifiedModel, stored: Tensor, pixels: Tensor | None = None) -> Tensor:
         """x̃ (K, 3, H, W) of `stored` buffer items (`pixels`: their clean images, for `residual`)."""
+        if self.images:
+            return stored  # x̃ as the challenge decoded it
         if not self.residual:
             return adapter.decode_latents(stored)
         if pixels is None:
@@ -327,6 +341,7 @@ def build_adversary(
     hidden: int | None,
     seed: int,
     residual_decode: bool = False,
+    replay_images: bool = False,
 ) -> DecoderAdversary | EmbeddingAdversary:
     """The adversary of mode `name`, its perturber sized from one probe of `sample_pixels` (1, 3, H, W).
 
@@ -347,7 +362,7 @@ def build_adversary(
         width = hidden if hidden is not None else max(dim, 64)
         perturber = Perturber(dim, width, eps_max, eps_init, budget)
     if name == "decoder":
-        return DecoderAdversary(perturber.to(device), residual=residual_decode)
+        return DecoderAdversary(perturber.to(device), residual=residual_decode, images=replay_images)
     return classes[name](perturber.to(device))
 
 
@@ -450,7 +465,7 @@ class ChallengeMiner:
         answers: list[str],
     ) -> Candidates:
         if attack.pixels is not None:
-            latents = self.adversary.stored(attack.perturbed, clean)  # z̃, or [z̃, z] (residual)
+            latents = self.adversary.stored(attack.perturbed, clean, attack.pixels)  # z̃, [z̃, z] or x̃
             return Candidates(latents, attack.ce, pixels, attack.pixels, attack.pixels)
         return Candidates(attack.perturbed, attack.ce, clean, attack.perturbed, None)
 

@@ -125,6 +125,7 @@ class UniGameTrainer(Trainer):
         self.extra_batches: RecordBatches | None = None  # SFT control: data.extra_clean_items per step
         self.label_counts = LabelCounts()  # the exact judge's label checks of mined candidates, run totals
         self._judge_labels = False  # whether mining checks labels (ShapesWorld, candidates with pixels)
+        self._buffer_item_shape: tuple[int, ...] | None = None  # what this run stores per buffer item
 
     @property
     def progress_name(self) -> str:  # type: ignore[override]
@@ -149,6 +150,7 @@ class UniGameTrainer(Trainer):
                     hidden=game.perturber_hidden,
                     seed=cfg.seed,
                     residual_decode=game.residual_decode,
+                    replay_images=game.replay_images,
                 )
             self.perturber = self.adversary.perturber
             self.regulariser = REGULARISERS[game.reg_form]  # ‖δ‖² of L_C's λ term (sum or mean)
@@ -175,6 +177,10 @@ class UniGameTrainer(Trainer):
                 cosine_threshold=game.cosine_threshold,
             )
             self.buffer = HardSampleBuffer(game.capacity) if game.buffer else None
+            # One buffer item's shape (decoder candidates), to check a checkpoint's buffer against.
+            if self.buffer is not None and isinstance(self.miner, ChallengeMiner) and self.miner.has_pixels:
+                z = self.adversary.clean(self.adapter, probe)  # (1, N, D)
+                self._buffer_item_shape = tuple(self.adversary.stored(z, z, probe).shape[1:])
             # ShapesWorld's exact judge can re-read a candidate image's label; token-space candidates
             # and local data have nothing it can read.
             self._judge_labels = cfg.data.source == "shapes" and self.miner.has_pixels
@@ -531,8 +537,9 @@ class UniGameTrainer(Trainer):
 
     @property
     def _replay_needs_pixels(self) -> bool:
-        """Residual decoding rebuilds x̃ = x + G(z̃) − G(z), so replay needs the items' clean images."""
-        return bool(getattr(self.adversary, "residual", False))
+        """Residual decoding rebuilds x̃ = x + G(z̃) − G(z) from stored latents: replay needs the items'
+        clean images (not when the buffer keeps x̃ itself)."""
+        return bool(getattr(self.adversary, "replay_needs_clean_pixels", False))
 
     def _clean_pixels(self, ids: list[str]) -> Tensor:
         return self.batches.batch([self._record_index[i] for i in ids]).pixels  # (K, 3, H, W)
@@ -648,21 +655,28 @@ class UniGameTrainer(Trainer):
             self._restore_extra_stream(meta, path)
 
     def _with_clean_latents(self, state: dict[str, Any]) -> dict[str, Any]:
-        """A residual run's buffer keeps [z̃, z] per item; a checkpoint written when it kept z̃ alone
-        gets z encoded from the items' clean images (so replay needs no VQ encoder afterwards)."""
+        """The buffer state as this run stores items. A residual run keeps [z̃, z] per item; a checkpoint
+        written when it kept z̃ alone gets z encoded from the items' clean images (so replay needs no
+        VQ encoder afterwards). Any other layout change is refused, naming the settings."""
         meta = (
             json.loads(state["metadata"]) if isinstance(state["metadata"], str) else dict(state["metadata"])
         )
-        shape = meta.get("item_shape")
-        if not self._replay_needs_pixels or shape is None or len(shape) != 2:  # (N, D): z̃ alone
+        shape, expected = meta.get("item_shape"), self._buffer_item_shape
+        if shape is None or expected is None or tuple(shape) == expected:
             return state
+        if not (self._replay_needs_pixels and tuple(shape) == expected[1:]):
+            raise ValueError(
+                f"the checkpoint's hard-sample buffer holds items of shape {tuple(shape)} but this run stores "
+                f"{expected} (z̃; [z̃, z] with game.residual_decode; x̃ with game.replay_images): resume with "
+                "the game.residual_decode and game.replay_images the checkpoint was written with."
+            )
         perturbed = state["latents"]  # (n, N, D)
         if perturbed.shape[0]:
             clean = self.adversary.clean(self.adapter, self._clean_pixels(meta["ids"])).cpu()  # (n, N, D)
             latents = torch.stack([perturbed, clean.to(perturbed.dtype)], dim=1)  # (n, 2, N, D)
         else:
-            latents = perturbed.new_empty((0, 2, *shape))
-        meta["item_shape"] = [2, *shape]
+            latents = perturbed.new_empty((0, *expected))
+        meta["item_shape"] = list(expected)
         return {**state, "latents": latents, "metadata": json.dumps(meta)}
 
     def _restore_extra_stream(self, meta: dict[str, Any], path: Path) -> None:
