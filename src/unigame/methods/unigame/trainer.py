@@ -179,7 +179,8 @@ class UniGameTrainer(Trainer):
             self.buffer = HardSampleBuffer(game.capacity) if game.buffer else None
             # One buffer item's shape (decoder candidates), to check a checkpoint's buffer against.
             if self.buffer is not None and isinstance(self.miner, ChallengeMiner) and self.miner.has_pixels:
-                z = self.adversary.clean(self.adapter, probe)  # (1, N, D)
+                with self._autocast():  # a bf16 run stores the VQ encoder in bf16
+                    z = self.adversary.clean(self.adapter, probe)  # (1, N, D)
                 self._buffer_item_shape = tuple(self.adversary.stored(z, z, probe).shape[1:])
             # ShapesWorld's exact judge can re-read a candidate image's label; token-space candidates
             # and local data have nothing it can read.
