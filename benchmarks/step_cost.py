@@ -1,7 +1,9 @@
 """Step cost of UniGame's schedules vs the SFT baseline, measured side by side in one run.
 
-Step kinds on the same model, batch and data, interleaved round by round so that load on a shared
-machine hits all of them alike (`--modes`, default all):
+Step kinds on the same model, batch and data, interleaved round by round, timed in CPU time of the
+process (one torch thread: the step's own work; wall time, which a shared machine's other jobs
+inflate unevenly, is shown beside it), each round's ratio to that round's SFT step, the median over
+rounds (`--modes`, default all):
 
 * `sft`                   — the SFT baseline's step (clean CE, LoRA update);
 * `alternating`           — UniGame as the tiny recipe runs it (paper Algorithm 1): decoder
@@ -31,8 +33,9 @@ CPU the peak resident memory sampled during the steps (every millisecond) above 
 memory before them, in a fresh subprocess per (mode, batch) after one warm-up step, so neither
 set-up nor another mode's allocations count.
 
-`--profile` times where a step goes instead (decoder, encoders, language model forward and
-backward, filter, label judge, buffer, optimisers, by phase), for each mode, by wrapping the
+`--profile` times where a step goes instead, in the main thread's CPU time (decoder, encoders,
+language model forward and backward, filter, label judge, buffer, optimisers, by phase), for each
+mode, by wrapping the
 adapter's and the trainer's parts with timers; a backward is split where its gradient reaches the
 understanding tokens, the decoded pixels and the latents. `--trace DIR` also writes a
 torch.profiler trace of the profiled steps, each part a `record_function` range.
@@ -209,16 +212,18 @@ def measure(name: str, layers: int | None, modes: list[str], batch: int, steps: 
         trainer.setup()
         trainers[mode] = trainer
         print(f"[step_cost] {mode}: model built and trainer set up", file=sys.stderr, flush=True)
-    times: dict[str, list[float]] = {m: [] for m in modes}
+    times: dict[str, list[float]] = {m: [] for m in modes}  # CPU seconds of this process per step
+    walls: dict[str, list[float]] = {m: [] for m in modes}
     for round_ in range(warmup + steps):  # step 0 measures the attack success rate: always warm-up
         for mode, trainer in trainers.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             trainer.train(until_step=trainer.step + 1)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu
             if round_ >= warmup:
-                times[mode].append(elapsed)
+                times[mode].append(cpu_elapsed)
+                walls[mode].append(elapsed)
             print(
-                f"[step_cost] batch {batch} round {round_} {mode}: {elapsed:.2f} s",
+                f"[step_cost] batch {batch} round {round_} {mode}: {cpu_elapsed:.2f} s CPU, {elapsed:.2f} s wall",
                 file=sys.stderr,
                 flush=True,
             )
@@ -238,6 +243,7 @@ def measure(name: str, layers: int | None, modes: list[str], batch: int, steps: 
     return {
         "what": what,
         "seconds": {m: statistics.median(t) for m, t in times.items()},
+        "wall": {m: statistics.median(t) for m, t in walls.items()},
         # each round's ratio to that round's SFT step, then the median: load that drifts between
         # rounds cancels out
         "ratio": {m: statistics.median(t / s for t, s in zip(times[m], times["sft"])) for m in modes},
@@ -247,6 +253,12 @@ def measure(name: str, layers: int | None, modes: list[str], batch: int, steps: 
 
 
 # ------------------------------------------------------------------------------------------ profile
+# The main thread's CPU time: with one torch thread the forward, the backward and the optimiser all
+# run on it, and CPU time, unlike wall time, does not count the time a shared machine's other jobs
+# hold the core.
+_clock = time.thread_time
+
+
 class _Breakdown:
     """Exclusive wall time per (phase, part) of instrumented calls, plus the backward split.
 
@@ -277,13 +289,13 @@ class _Breakdown:
         def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             if mark_in and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
                 args[0].register_hook(self._mark(mark_in))
-            start = time.perf_counter()
+            start = _clock()
             self._stack.append([0.0])
             try:
                 with torch.profiler.record_function(label) if self._trace else _nothing():
                     out = fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
+                elapsed = _clock() - start
                 (children,) = self._stack.pop()
                 self._add(label, elapsed - children)
                 if self._stack:
@@ -308,7 +320,7 @@ class _Breakdown:
     def _mark(self, name: str):  # noqa: ANN202
         def hook(grad: torch.Tensor) -> None:
             if self._marks is not None:
-                self._marks.append((name, time.perf_counter()))
+                self._marks.append((name, _clock()))
 
         return hook
 
@@ -318,11 +330,11 @@ class _Breakdown:
 
         def run(tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
             self._marks = []
-            start = time.perf_counter()
+            start = _clock()
             try:
                 original(tensor, *args, **kwargs)
             finally:
-                end = time.perf_counter()
+                end = _clock()
                 marks, self._marks = sorted(self._marks, key=lambda m: m[1]), None
                 t = start
                 for name, when in marks:
@@ -403,9 +415,9 @@ def profile(
         try:
             with context as torch_profile:
                 for _ in range(steps):
-                    start = time.perf_counter()
+                    start = _clock()
                     trainer.train(until_step=trainer.step + 1)
-                    totals.append(time.perf_counter() - start)
+                    totals.append(_clock() - start)
         finally:
             torch.Tensor.backward = original_backward
         if trace is not None:
@@ -429,7 +441,8 @@ def _print_profile(result: dict, batch: int, steps: int) -> None:
         key=lambda k: -max(r["parts"].get(k, 0.0) for r in result["modes"].values()),
     )
     print(
-        f"\nProfile, batch {batch}, {result['what']}; mean of {steps} steps, ms per step (share of the step).\n"
+        f"\nProfile, batch {batch}, {result['what']}; mean of {steps} steps, main-thread CPU ms per step "
+        "(share of the step).\n"
     )
     print("| phase | part | " + " | ".join(modes) + " |")
     print("|---|---|" + "---:|" * len(modes))
@@ -564,15 +577,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory:
         memory = {(m, b): _memory_in_subprocess(args, m, b) for b in batches for m in modes}
     first = results[batches[0]]
-    print(f"\nModel: {first['what']}; {args.steps} timed steps per mode after {args.warmup} warm-up steps, "
-          "modes interleaved; ms: median; ratio: median over rounds of the step's time over that round's SFT step.")  # fmt: skip
+    print(
+        f"\nModel: {first['what']}; {args.steps} timed steps per mode after {args.warmup} warm-up steps, modes "
+        "interleaved. CPU ms: the process's CPU time per step, median (what a shared machine's other jobs do "
+        "not inflate); ratio: median over rounds of the step's CPU time over that round's SFT step's; wall ms: "
+        "median wall time, for reference."
+    )
     print(f"{_machine()}\n")
     mem_header = " | step peak memory (MiB)" if memory else ""
-    print("| batch | step | ms / step | ratio to SFT" + mem_header + " |")
-    print("|---:|---|---:|---:|" + ("---:|" if memory else ""))
+    print("| batch | step | CPU ms / step | ratio to SFT | wall ms / step" + mem_header + " |")
+    print("|---:|---|---:|---:|---:|" + ("---:|" if memory else ""))
     for batch, result in results.items():
         for mode in modes:
-            row = f"| {batch} | {MODES[mode][0]} | {1000 * result['seconds'][mode]:.1f} | {result['ratio'][mode]:.2f}x"
+            row = (
+                f"| {batch} | {MODES[mode][0]} | {1000 * result['seconds'][mode]:.1f} | {result['ratio'][mode]:.2f}x"
+                f" | {1000 * result['wall'][mode]:.0f}"
+            )
             if memory:
                 probe = memory[(mode, batch)]
                 row += f" | {(probe['peak'] - probe['setup']) / 2**20:.0f}"
