@@ -78,6 +78,7 @@ class Row:
     trains: bool = True
     derived: Callable[[TrainConfig], Mapping[str, Any]] | None = None
     after: str | None = None  # a row whose same-seed final LoRA is merged into the base first
+    paired_with: str | None = None  # another row of the table it is also compared with, seed by seed
 
     def overrides_for(self, recipe: TrainConfig) -> dict[str, Any]:
         """The dotted overrides this row applies on top of `recipe`."""
@@ -160,6 +161,17 @@ TABLES: dict[str, tuple[Row, ...]] = {
         OFFICIAL,
     ),
     "main": (BASELINE, SFT, FULL),
+    # game.schedule: each UniGame row in both schedules, with the buffer (full) and without it
+    # (decoding + CLIP: the hard items are this step's candidates, where the joint step saves most).
+    "schedule": (
+        BASELINE,
+        SFT,
+        FULL,
+        Row("full-simultaneous", "full, simultaneous schedule", {"game.schedule": "simultaneous"}, paired_with="full"),
+        Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}),
+        Row("decoding-clip-simultaneous", "decoding + CLIP, simultaneous schedule",
+            {"game.buffer": False, "game.schedule": "simultaneous"}, paired_with="decoding-clip"),
+    ),
     # The final decision on the test split; `best` (full + `--best` overrides) is added by table_rows.
     "confirm": (BASELINE, SFT, SFT_EQUAL, EPS0, FULL),
     "internal": (BASELINE, INTERNAL_SFT, INTERNAL_CSFT, INTERNAL_DPO, INTERNAL_ORACLE, FULL, UNIGAME_AFTER_CSFT),
@@ -214,6 +226,7 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("proposed: majority right", "run.judge_majority_correct"),
         ("proposed: kept though easy", "run.kept_easy"),
     ),
+    "schedule": _MAIN_COLUMNS,
 }
 # Shown as they are (nats), not x100.
 NATS_COLUMNS = frozenset({"ste.clean", "ste.shifted"})
@@ -753,39 +766,37 @@ def paired_comparisons(
     summary: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str]],
     references: Sequence[str] = REFERENCES,
+    pairs: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every trained row against each reference present (`sft`, `sft-equal`, then `eps0`), per metric
     column, paired by training seed over the seeds both rows have (`run.` columns are left out:
     the references have no ε). A row is compared with a reference only once (sft-equal vs sft,
-    not also sft vs sft-equal)."""
+    not also sft vs sft-equal). `pairs` (row -> row) adds one comparison each, e.g. a setting in
+    the simultaneous schedule against the same setting alternating (`Row.paired_with`)."""
     by_row = {entry["row"]: entry for entry in summary}
     present = [ref for ref in references if ref in by_row]
     metric_labels = [label for label, key in columns if not key.startswith("run.")]
+    wanted = [(entry, ref) for i, ref in enumerate(present) for entry in summary
+              if entry["trains"] and entry["row"] not in present[: i + 1]]  # fmt: skip
+    wanted += [(by_row[row], ref) for row, ref in (pairs or {}).items() if row in by_row and ref in by_row]
     comparisons = []
-    for i, ref in enumerate(present):
-        for entry in summary:
-            if not entry["trains"] or entry["row"] in present[: i + 1]:
-                continue
-            cells = {}
-            for label in metric_labels:
-                mine = dict(zip(entry["cells"][label]["seeds"], entry["cells"][label]["values"], strict=True))
-                theirs = dict(
-                    zip(
-                        by_row[ref]["cells"][label]["seeds"],
-                        by_row[ref]["cells"][label]["values"],
-                        strict=True,
-                    )
-                )
-                if not by_row[ref]["trains"] and len(theirs) == 1:  # the base: one value for every seed
-                    theirs = dict.fromkeys(mine, next(iter(theirs.values())))
-                shared = sorted(set(mine) & set(theirs))
-                cells[label] = paired_stats([mine[s] - theirs[s] for s in shared])
-            pairs = max((cell["n"] for cell in cells.values()), default=0)
-            if pairs:
-                comparisons.append(
-                    {"row": entry["row"], "label": entry["label"], "reference": ref,
-                     "reference_label": by_row[ref]["label"], "n": pairs, "cells": cells}
-                )  # fmt: skip
+    for entry, ref in wanted:
+        cells = {}
+        for label in metric_labels:
+            mine = dict(zip(entry["cells"][label]["seeds"], entry["cells"][label]["values"], strict=True))
+            theirs = dict(
+                zip(by_row[ref]["cells"][label]["seeds"], by_row[ref]["cells"][label]["values"], strict=True)
+            )
+            if not by_row[ref]["trains"] and len(theirs) == 1:  # the base: one value for every seed
+                theirs = dict.fromkeys(mine, next(iter(theirs.values())))
+            shared = sorted(set(mine) & set(theirs))
+            cells[label] = paired_stats([mine[s] - theirs[s] for s in shared])
+        pairs_n = max((cell["n"] for cell in cells.values()), default=0)
+        if pairs_n:
+            comparisons.append(
+                {"row": entry["row"], "label": entry["label"], "reference": ref,
+                 "reference_label": by_row[ref]["label"], "n": pairs_n, "cells": cells}
+            )  # fmt: skip
     return comparisons
 
 
@@ -912,7 +923,7 @@ def default_workers(threads: int) -> int:
 
 
 def reproduce(
-    table: Literal["4", "main", "confirm", "internal", "asg"] | None = None,
+    table: Literal["4", "main", "confirm", "internal", "asg", "schedule"] | None = None,
     figure: Literal["budget", "noise", "beta", "lr"] | None = None,
     seeds: int = 3,
     first_seed: int = 0,
@@ -950,7 +961,10 @@ def reproduce(
             generation per tier, Nonunified, the weak-generation rate and both branches' direction
             against the base) or `asg` (Ask-Solve-Generate: baseline, ASG, ASG without STE,
             labelled SFT on the same images, UniGame, with mean STE and the self-consistency
-            accuracy beside the exact judge's truth). Default: main, unless --figure is given.
+            accuracy beside the exact judge's truth) or `schedule` (full and
+            decoding + CLIP in the alternating and the simultaneous schedule, beside baseline and
+            SFT, each simultaneous row also paired with its alternating one; run it on --split
+            val). Default: main, unless --figure is given.
         figure: a sweep on the val split, each point a UniGame row, with an SFT reference band:
             `budget` (ε_max 0.005-0.5, ε_init = ε_max/2, with the ε the gate learned), `noise`
             (random token noise at σ = 0.01-0.5), `beta` (β 0.1-2 and τ percentile 40/60/80) or
@@ -1065,7 +1079,12 @@ def reproduce(
         results += run_jobs([j for j in jobs if j not in first], workers, report)
     wall = time.perf_counter() - started
     summary = summarize(chosen, results, columns)
-    comparisons = paired_comparisons(summary, columns, TABLE_REFERENCES.get(table or "", REFERENCES))
+    comparisons = paired_comparisons(
+        summary,
+        columns,
+        TABLE_REFERENCES.get(table or "", REFERENCES),
+        pairs={r.name: r.paired_with for r in chosen if r.paired_with},
+    )
     text = markdown_table(summary, columns)
     paired = comparisons_markdown(comparisons, columns)
     command = "unigame " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""

@@ -609,3 +609,80 @@ def test_sigterm_to_the_grid_terminates_its_workers():
     assert exit_info.value.code == 143
     assert all(p.terminated for p in pool._processes.values())
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_schedule_table_plans_each_unigame_row_in_both_schedules_on_val(tmp_path):
+    """`unigame reproduce --table schedule --split val --seeds 3`: baseline, SFT, and full and
+    decoding + CLIP each alternating and simultaneous, 3 seeds, the val suite; the simultaneous rows
+    differ from their partners by game.schedule alone."""
+    rows = table_rows("schedule")
+    assert [r.name for r in rows] == [
+        "baseline", "sft", "full", "full-simultaneous", "decoding-clip", "decoding-clip-simultaneous",
+    ]  # fmt: skip
+    assert COLUMNS["schedule"] == COLUMNS["main"]
+    jobs = plan_jobs(rows, [0, 1, 2], TrainConfig(), tmp_path / "base", tmp_path / "out", split="val")
+    assert [(j.row, j.seed) for j in jobs] == [("baseline", -1)] + [
+        (row, seed) for row in [r.name for r in rows[1:]] for seed in (0, 1, 2)
+    ]
+    assert all(j.eval_seed == 1 for j in jobs)  # the val suite
+    cfg = {(j.row, j.seed): j.cfg for j in jobs if j.cfg is not None}
+    assert [(cfg[r, 0].game.schedule, cfg[r, 0].game.buffer) for r in [r.name for r in rows[2:]]] == [
+        ("alternating", True), ("simultaneous", True), ("alternating", False), ("simultaneous", False),
+    ]  # fmt: skip
+    for row in rows:
+        if row.paired_with:
+            differences = set(cfg[row.name, 1].to_dict()["game"].items()) ^ set(
+                cfg[row.paired_with, 1].to_dict()["game"].items()
+            )
+            assert {key for key, _ in differences} == {"schedule"}, row.name
+    assert not cfg["sft", 0].game.enabled
+
+
+def test_paired_rows_are_compared_seed_by_seed_beside_the_references(tmp_path):
+    rows = [r for r in table_rows("schedule") if r.name in ("sft", "full", "full-simultaneous")]
+    columns = COLUMNS["4"][:1]
+    results = [_result(tmp_path, "sft", s, c) for s, c in [(0, 0.60), (1, 0.62)]]
+    results += [_result(tmp_path, "full", s, c) for s, c in [(0, 0.61), (1, 0.64)]]
+    results += [_result(tmp_path, "full-simultaneous", s, c) for s, c in [(0, 0.62), (1, 0.63)]]
+    summary = summarize(rows, results, columns)
+    comparisons = paired_comparisons(summary, columns, pairs={"full-simultaneous": "full"})
+    assert [(c["row"], c["reference"], c["n"]) for c in comparisons] == [
+        ("full", "sft", 2), ("full-simultaneous", "sft", 2), ("full-simultaneous", "full", 2),
+    ]  # fmt: skip
+    cell = comparisons[-1]["cells"]["clean VQA"]  # differences +1 and -1 point
+    assert cell["mean"] == pytest.approx(0.0) and cell["se"] == pytest.approx(1.0)
+
+
+def test_the_schedule_grid_command_parses(monkeypatch):
+    """The command that runs the schedule grid reaches `reproduce` with these arguments (nothing trains)."""
+    import functools
+
+    import unigame.cli
+    from unigame.reproduce import reproduce
+
+    seen = {}
+
+    @functools.wraps(reproduce)
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        return {}
+
+    monkeypatch.setattr(unigame.cli, "reproduce", capture)
+    unigame.cli.main(
+        [
+            "reproduce",
+            "--table",
+            "schedule",
+            "--split",
+            "val",
+            "--seeds",
+            "3",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
+    assert {k: seen[k] for k in ("table", "split", "seeds", "workers", "threads")} == {
+        "table": "schedule", "split": "val", "seeds": 3, "workers": 2, "threads": 1,
+    }  # fmt: skip

@@ -262,7 +262,10 @@ def test_unigame_trains_emu3_through_the_protocol(make_emu3, tmp_path, precision
         if not param.requires_grad:
             assert torch.equal(frozen_before[name], param), name  # VQ, embeddings, LM weights untouched
     assert len(trainer.buffer) > 0
-    assert trainer.buffer.state_dict()["latents"].shape[1:] == (64, CFG.codebook_dim)  # z̃ stored, not pixels
+    # latents stored, not pixels: z̃ and, with residual decoding (the default), z beside it; official
+    # mining stores the generated codes' latents
+    stored = (64, CFG.codebook_dim) if game.get("mining") == "official" else (2, 64, CFG.codebook_dim)
+    assert trainer.buffer.state_dict()["latents"].shape[1:] == stored
 
 
 def test_bf16_run_decodes_the_perturbed_latent_in_fp32(make_emu3, tmp_path):

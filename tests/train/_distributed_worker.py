@@ -36,6 +36,8 @@ except ImportError:
 
 # The UniGame settings of the equivalence runs (shared with the one-process side of the test).
 UNIGAME = {"filter": "none", "capacity": 6, "percentile": 50.0}
+# The joint schedule, with the buffer off: each rank trains on its own rows of the global selection.
+SIMULTANEOUS = {**UNIGAME, "schedule": "simultaneous", "buffer": False}
 FSDP_LAYERS = 2  # decoder layers of the FSDP runs' model: more than one layer is sharded
 
 
@@ -86,6 +88,7 @@ def main() -> None:
     if not args.fsdp:
         save("sft", run("sft", config(args.steps, args.batch, enabled=False)))
         save("sft-extra", run("sft-extra", config(args.steps, args.batch, extra=1, enabled=False)))
+        save("simultaneous", run("simultaneous", config(args.steps, args.batch, **SIMULTANEOUS)))
     unigame = run("unigame", config(args.steps, args.batch, **UNIGAME))
     if args.fsdp:
         unigame.save_checkpoint()  # the gathered whole LoRA and optimiser state, compared with one process

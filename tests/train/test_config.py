@@ -209,3 +209,40 @@ def test_residual_decoding_is_the_tiny_default_and_token_adversaries_ignore_it()
     cfg = TrainConfig()
     cfg.game.adversary, cfg.game.filter = "noise", "none"
     cfg.validate()
+
+
+def test_schedule_is_alternating_by_default_and_simultaneous_refuses_what_it_cannot_do():
+    """The paper's alternation stays the default; the joint step moves each player once and trains on
+    the challenge forward's own candidates, so it refuses more steps per player and official mining."""
+    from unigame.train.config import GameConfig, TrainConfig
+
+    assert GameConfig().schedule == "alternating"
+    TrainConfig(game=GameConfig(schedule="simultaneous")).validate()
+    TrainConfig(game=GameConfig(enabled=False, schedule="simultaneous", challenge_steps=2)).validate()  # SFT
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(
+            game=GameConfig(
+                schedule="simultaneous",
+                challenge_steps=2,
+                understand_steps=3,
+                adversary="embedding",
+                mining="official",
+                filter="none",
+            )
+        ).validate()
+    message = str(err.value)
+    assert "game.challenge_steps=2 is invalid with game.schedule='simultaneous'" in message
+    assert "game.understand_steps=3 is invalid with game.schedule='simultaneous'" in message
+    assert "game.mining='official' is invalid with game.schedule='simultaneous'" in message
+    with pytest.raises(
+        ConfigError, match=r"game.schedule='together' is invalid: allowed alternating \| simultaneous"
+    ):
+        TrainConfig(game=GameConfig(schedule="together")).validate()
+
+
+def test_replay_images_is_off_by_default_and_a_bool():
+    from unigame.train.config import GameConfig, TrainConfig
+
+    assert GameConfig().replay_images is False  # the buffer keeps latents: ~100x smaller than images
+    with pytest.raises(ConfigError, match=r"game.replay_images='yes' is invalid: allowed true \| false"):
+        TrainConfig(game=GameConfig(replay_images="yes")).validate()

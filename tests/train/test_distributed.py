@@ -28,7 +28,7 @@ from unigame.train.batches import RecordBatches
 from unigame.train.distributed import Distributed, _warn_ignored_fsdp_settings, is_sharded, shard_slice
 from unigame.train.run_logging import read_metrics
 
-from ._distributed_worker import FSDP_LAYERS, SMALL, UNIGAME, config
+from ._distributed_worker import FSDP_LAYERS, SIMULTANEOUS, SMALL, UNIGAME, config
 from .test_run import janus_dir  # noqa: F401 - the fixture: a tiny random Janus saved as a model directory
 
 HERE = Path(__file__).resolve().parent
@@ -84,7 +84,7 @@ def _fsdp_model(text_tokenizer) -> JanusAdapter:
     )
 
 
-@pytest.mark.parametrize("mode", ["sft", "sft-extra", "unigame"])
+@pytest.mark.parametrize("mode", ["sft", "sft-extra", "unigame", "simultaneous"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(
     two_process_runs, tmp_path, make_janus, records, mode
 ):
@@ -92,6 +92,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
         "sft": config(3, 4, enabled=False),
         "sft-extra": config(3, 4, extra=2, enabled=False),
         "unigame": config(3, 4, **UNIGAME),
+        "simultaneous": config(3, 4, **SIMULTANEOUS),
     }[mode]
     one = UniGameTrainer(cfg, tmp_path / mode, make_janus(), None, records)
     one.setup()
@@ -123,6 +124,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
         "unigame": ["ce_hard", "ce_adv", "tau", "buffer_size", "mined", "attack_success_rate", "eps"]
         # each rank judges its own candidates; the counts are of the global batch
         + ["label_valid_mined", "label_valid_inserted", "label_valid_rejected"],
+        "simultaneous": ["ce_hard", "ce_adv", "tau", "mined", "eps"],
     }[mode]
     for column in columns:
         np.testing.assert_allclose(two[column], single[column], rtol=1e-4, equal_nan=True, err_msg=column)

@@ -39,6 +39,7 @@ FilterName = Literal["clip", "cosine", "none"]
 Calibration = Literal["absolute", "relative_to_clean"]
 Budget = Literal["auto", "absolute", "relative"]
 RegForm = Literal["sum", "mean"]
+Schedule = Literal["alternating", "simultaneous"]
 Precision = Literal["fp32", "bf16"]
 PromptName = Literal["tiny", "janus_pro", "emu3_chat"]
 DataSource = Literal["shapes", "vqav2"]
@@ -172,6 +173,13 @@ class GameConfig:
             (docs/base.md), and replaying such images trains on labels that no longer hold. Set
             false for the paper's direct decoding (the Janus-Pro recipes do). Token-space
             adversaries (embedding, noise) decode nothing and ignore it.
+        replay_images: decoder adversary with the buffer: each buffer item keeps its decoded image
+            x̃ instead of its latents, and replay reads it back instead of decoding again (with
+            residual decoding that is two decoder passes per replayed item: ~19% of a tiny UniGame
+            step). The replayed image is then the one the challenge scored, not a re-decoding of it
+            (equal to ~1e-5). The cost is an image per item (capacity 50: 0.6 MB on the tiny Janus,
+            88 MB at 384 px, float32) against two latents; off by default, so large capacities stay
+            cheap. Token-space adversaries store tokens and ignore it.
         mining: where hard candidates come from: `decoder` (the challenge forward's own perturbed
             input, reused), `official` (text-to-image from the question with the token-space
             perturbation injected at every generation step; needs adversary embedding or noise).
@@ -219,6 +227,16 @@ class GameConfig:
         replay_batch: buffer items replayed per understand step and process, >= 1; None:
             data.batch_size.
         mine_every: mine every m steps (paper m not fixed; 1 = every step), >= 1.
+        schedule: when the two players move: `alternating` (paper Algorithm 1: the challenge
+            step's forward/backward, mining, then the understand step's) or `simultaneous` (a
+            departure: one forward/backward over [clean; x̃; replayed] in which LoRA descends L_U
+            and the perturber ascends CE(x̃) through a gradient reversal at delta, each getting the
+            gradient the alternating step gives it, except that the replayed batch is drawn before
+            this step's mining). With buffer false the language model sees 2B rows a step instead of
+            B + (B + the selected candidates), and the selection is not decoded again; with the
+            buffer the replayed items are rows of their own and the step costs about what an
+            alternating one does. Needs mining decoder and one challenge and one understand step
+            (docs/method.md).
         challenge_steps: perturber updates per step (1:1 alternation = 1), >= 1.
         understand_steps: LoRA updates per step on the same mixed batch, >= 1.
         generation_guidance: classifier-free guidance of `mining: official`, >= 0.
@@ -229,6 +247,7 @@ class GameConfig:
     adversary: Adversary = "decoder"
     mining: Mining = "decoder"
     residual_decode: bool = True
+    replay_images: bool = False
     filter: FilterName = "clip"
     clip_threshold: float = 0.6
     clip_calibration: Calibration = "relative_to_clean"
@@ -246,6 +265,7 @@ class GameConfig:
     capacity: int = 50
     replay_batch: int | None = None
     mine_every: int = 1
+    schedule: Schedule = "alternating"
     challenge_steps: int = 1
     understand_steps: int = 1
     generation_guidance: float = 3.0
@@ -642,6 +662,7 @@ def _errors(cfg: TrainConfig) -> list[str]:
     g = cfg.game
     _check(errors, "game.enabled", g.enabled, isinstance(g.enabled, bool), "true | false")
     _check(errors, "game.buffer", g.buffer, isinstance(g.buffer, bool), "true | false")
+    _check(errors, "game.replay_images", g.replay_images, isinstance(g.replay_images, bool), "true | false")
     choice("game.adversary", g.adversary, Adversary)
     choice("game.mining", g.mining, Mining)
     choice("game.filter", g.filter, FilterName)
@@ -670,6 +691,20 @@ def _errors(cfg: TrainConfig) -> list[str]:
     ge("game.mine_every", g.mine_every, 1)
     ge("game.challenge_steps", g.challenge_steps, 1)
     ge("game.understand_steps", g.understand_steps, 1)
+    choice("game.schedule", g.schedule, Schedule)
+    if g.enabled is True and g.schedule == "simultaneous":
+        for key in ("challenge_steps", "understand_steps"):
+            if getattr(g, key) != 1:
+                errors.append(
+                    f"game.{key}={getattr(g, key)!r} is invalid with game.schedule='simultaneous': one joint "
+                    "forward/backward moves both players once per step (allowed: 1, or schedule alternating)"
+                )
+        if g.mining == "official":
+            errors.append(
+                "game.mining='official' is invalid with game.schedule='simultaneous': its candidates are "
+                "generated images, not the perturbed inputs the joint step trains on (use mining decoder, "
+                "or schedule alternating)"
+            )
     num("game.generation_guidance", g.generation_guidance, lambda v: v >= 0, "a number >= 0")
     num("game.generation_temperature", g.generation_temperature, lambda v: v >= 0, "a number >= 0")
     if g.enabled is True and _is_int(d.extra_clean_items) and d.extra_clean_items > 0:

@@ -48,7 +48,9 @@ class UnifiedModel(Protocol):
     model: nn.Module
 
     def understanding_loss(self, pixels: Tensor, questions: list[str], answers: list[str]) -> Tensor:
-        """Per-sample CE (B,) of the answers; differentiable w.r.t. the pixels."""
+        """Per-sample CE (B,) of the answers; differentiable w.r.t. the pixels. Must equal
+        `understanding_loss_from_tokens(visual_tokens(pixels), ...)`: `game.schedule: simultaneous`
+        runs the two halves apart, to put perturbed and clean items in one language-model batch."""
         ...
 
     def visual_tokens(self, pixels: Tensor) -> Tensor:

@@ -334,8 +334,9 @@ class Trainer:
         warnings.warn(f"step {self.step}: non-finite loss or gradient; step skipped", stacklevel=2)
         self._end_step(metrics, start)
 
-    def _end_step(self, metrics: dict[str, float], start: float) -> None:
+    def _end_step(self, metrics: dict[str, float | Tensor], start: float) -> None:
         self.step_metrics(metrics)
+        metrics = _as_floats(metrics)  # the step's one read-back of device values
         metrics["nonfinite_steps"] = self.nonfinite_steps
         metrics["step_seconds"] = time.perf_counter() - start
         metrics = self.dist.mean_metrics(metrics, self.METRICS)  # several processes: the mean over ranks
@@ -595,6 +596,17 @@ def _enable_activation_checkpointing(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
             module.training = True
+
+
+def _as_floats(metrics: dict[str, float | Tensor]) -> dict[str, float]:
+    """Metrics as floats; the 0-d tensors among them are read back in one copy. A method may hand its
+    metrics over as tensors, so that a GPU step waits for the device once, here, and not at every
+    metric it computes."""
+    tensors = {name: value for name, value in metrics.items() if isinstance(value, Tensor)}
+    if not tensors:
+        return dict(metrics)
+    values = torch.stack([t.detach().double().reshape(()) for t in tensors.values()]).tolist()
+    return {**metrics, **dict(zip(tensors, values))}
 
 
 def _seed_everything(seed: int) -> None:

@@ -189,7 +189,35 @@ def test_residual_decode_is_x_at_zero_delta_and_keeps_the_gradient_path(make_jan
     attack.ce.sum().backward()
     grads = [p.grad for p in residual.perturber.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
-    tokens = residual.replay_tokens(adapter, attack.perturbed.detach(), pixels)
+    stored = residual.stored(attack.perturbed.detach(), clean)  # (B, 2, N, D): z̃ and z
+    assert stored.shape == (2, 2, *clean.shape[1:])
+    tokens = residual.replay_tokens(adapter, stored, pixels)
     assert torch.allclose(tokens, adapter.visual_tokens(attack.pixels.detach()), atol=1e-4)
     with pytest.raises(ValueError, match="clean images"):
-        residual.replay_tokens(adapter, attack.perturbed.detach())
+        residual.replay_tokens(adapter, stored)
+
+
+def test_residual_replay_and_challenge_steps_reuse_z_and_g_of_z(make_janus):
+    """Replay reads z from the buffer instead of encoding x again, and a challenge batch decodes G(z)
+    once; x̃ is what re-encoding gives, to float rounding (1e-5; the encoder's batch differs)."""
+    adapter = make_janus()
+    pixels = torch.rand(3, 3, 32, 32)
+    residual = build_adversary(
+        "decoder", adapter, pixels[:1], eps_max=0.02, eps_init=0.01, budget="auto", hidden=None, seed=0,
+        residual_decode=True,
+    )  # fmt: skip
+    calls = {"encode": 0, "decode": 0}
+    encode, decode = adapter.encode_latents, adapter.decode_latents
+    adapter.encode_latents = lambda x: calls.__setitem__("encode", calls["encode"] + 1) or encode(x)
+    adapter.decode_latents = lambda z: calls.__setitem__("decode", calls["decode"] + 1) or decode(z)
+    clean = residual.clean(adapter, pixels)
+    first = residual.attack(adapter, clean, QUESTIONS + ["Is there a square?"], ANSWERS + ["no"], pixels)
+    residual.attack(adapter, clean, QUESTIONS + ["Is there a square?"], ANSWERS + ["no"], pixels)
+    assert calls == {"encode": 1, "decode": 3}  # z once; G(z + δ) twice, G(z) once
+    stored = residual.stored(first.perturbed.detach(), clean)
+    replayed = residual.replay_pixels(adapter, stored[1:], pixels[1:])  # another batch than the challenge's
+    assert calls["encode"] == 1
+    with torch.no_grad():
+        re_encoded = residual.decode(adapter, first.perturbed[1:], pixels[1:])  # the old rule: encode x again
+    assert calls["encode"] == 2
+    assert (replayed - re_encoded).abs().max() < 1e-5

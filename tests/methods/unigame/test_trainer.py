@@ -322,8 +322,20 @@ def test_a_non_finite_state_is_never_checkpointed(tmp_path, make_janus, records)
         {"enabled": False},  # the SFT baseline
         {"filter": "none", "residual_decode": True},  # replay re-reads the items' clean images
         {"filter": "none", "residual_decode": True, "buffer": False},  # this step's selection
+        {"filter": "none", "residual_decode": True, "replay_images": True},  # the buffer keeps x̃
+        {"filter": "none", "residual_decode": True, "schedule": "simultaneous"},  # one joint backward
+        {"filter": "none", "schedule": "simultaneous", "buffer": False},
     ],
-    ids=["unigame", "noise", "sft", "residual", "residual-no-buffer"],
+    ids=[
+        "unigame",
+        "noise",
+        "sft",
+        "residual",
+        "residual-no-buffer",
+        "replay-images",
+        "simultaneous",
+        "simultaneous-no-buffer",
+    ],
 )
 def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path, make_janus, records, game):
     steps = 4
@@ -376,3 +388,58 @@ def test_resume_with_another_config_warns_and_says_which_wins(tmp_path, make_jan
     with pytest.raises(ValueError, match="cannot switch between SFT and UniGame"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sft.setup(resume=checkpoint)
+
+
+def test_a_residual_buffer_saved_without_z_gets_z_encoded_when_loaded(tmp_path, make_janus, records):
+    """A residual run's buffer keeps [z̃, z] per item (replay then runs no VQ encoder); a checkpoint
+    written when it kept z̃ alone loads with z encoded from the items' clean images (within 1e-5 of the
+    z the run stored: the encoder runs on another batch)."""
+    import json
+
+    trainer = _trainer(
+        tmp_path, make_janus(), records, small_config(steps=2, filter="none", residual_decode=True)
+    )
+    trainer.train()
+    state = trainer.buffer.state_dict()
+    assert state["latents"].dim() == 4 and state["latents"].shape[1] == 2  # (n, 2, N, D)
+    meta = json.loads(state["metadata"])
+    old = {
+        **state,
+        "latents": state["latents"][:, 0],  # z̃ alone, as older checkpoints hold it
+        "metadata": json.dumps({**meta, "item_shape": meta["item_shape"][1:]}),
+    }
+    upgraded = trainer._with_clean_latents(old)
+    assert json.loads(upgraded["metadata"])["item_shape"] == meta["item_shape"]
+    assert torch.equal(upgraded["latents"][:, 0], state["latents"][:, 0])
+    assert (upgraded["latents"][:, 1] - state["latents"][:, 1]).abs().max() < 1e-5
+    trainer.buffer.load_state_dict(upgraded)
+    assert len(trainer.buffer) == len(meta["ids"])
+    trainer.cleanup()
+
+
+def test_replay_images_replays_the_very_image_the_challenge_scored(tmp_path, make_janus, records):
+    """With game.replay_images the buffer keeps x̃ and replay encodes it as it is: no decoding, and
+    the image is bit for bit the challenge's. A checkpoint of another layout is refused by name."""
+    cfg = small_config(steps=1, filter="none", residual_decode=True, replay_images=True, percentile=0.0)
+    trainer = _trainer(tmp_path, make_janus(), records, cfg)
+    scored = []
+    attack = trainer.adversary.attack
+    trainer.adversary.attack = lambda *a, **k: scored.append(out := attack(*a, **k)) or out
+    decoded = []
+    decode = trainer.adapter.decode_latents
+    trainer.adapter.decode_latents = lambda z: decoded.append(z.shape[0]) or decode(z)
+    trainer.train()
+    assert decoded == [4, 4]  # the challenge's G(z + δ) and G(z); the replay decodes nothing
+    stored = trainer.buffer.state_dict()["latents"]  # (4, 3, 32, 32): every item (percentile 0), slot order
+    assert stored.shape == (4, 3, 32, 32)
+    assert torch.equal(stored, scored[0].pixels.detach())  # inserted in batch order
+    checkpoint = trainer.save_checkpoint()
+    trainer.cleanup()
+    latents_run = UniGameTrainer(
+        small_config(steps=2, filter="none", residual_decode=True), tmp_path / "run", make_janus(),
+        PaletteScorer(), records,
+    )  # fmt: skip
+    refused = pytest.raises(ValueError, match=r"game.residual_decode and game.replay_images the checkpoint")
+    with refused, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the config differs: warned, then refused
+        latents_run.setup(resume=checkpoint)

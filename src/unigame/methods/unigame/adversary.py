@@ -48,11 +48,13 @@ __all__ = [
     "EmbeddingAdversary",
     "GenerationMiner",
     "NoiseAdversary",
+    "Perturbation",
     "TokenCosineFilter",
     "TokenKeepAll",
     "build_adversary",
     "build_candidate_filter",
     "build_miner",
+    "reverse_gradient",
     "tokens_as_stored",
     "tokens_from_latents",
 ]
@@ -70,6 +72,39 @@ class Attack:
     def detach(self) -> Attack:
         pixels = None if self.pixels is None else self.pixels.detach()
         return Attack(self.delta.detach(), self.perturbed.detach(), pixels, self.ce.detach())
+
+
+@dataclass
+class Perturbation:
+    """A challenge forward up to the language model: δ, the perturbed input and U's input tokens of it."""
+
+    delta: Tensor  # (B, N, D) float32 perturbation (the regulariser's input)
+    perturbed: Tensor  # (B, N, D) z + δ: what a buffer stores
+    pixels: Tensor | None  # (B, 3, H, W) decoded x̃ in [0, 1]; None for token-space attacks
+    tokens: Tensor  # (B, N_u, D_u) understanding tokens of the perturbed input, differentiable in δ
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the backward negates the gradient, times a per-row `scale` read at backward time."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, scale: Tensor | None) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        if ctx.scale is None:
+            return -grad, None
+        return -grad * ctx.scale.view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype), None
+
+
+def reverse_gradient(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """x in the forward, −∂L/∂x in the backward (times `scale[b]` for row b, when given): one backward
+    of a loss the understanding player descends makes the perturber behind x ascend it
+    (`game.schedule: simultaneous`). `scale` (B,) may be filled in after the forward: it is read when
+    the backward reaches x, so a row's weight in the loss, decided after the forward, can be undone."""
+    return _ReverseGradient.apply(x, scale)
 
 
 # ------------------------------------------------------------------------------------------ replay
@@ -97,6 +132,15 @@ class Adversary(Protocol):
 
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor: ...
 
+    def perturb(
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        pixels: Tensor | None = None,
+        *,
+        reverse: Tensor | None = None,
+    ) -> Perturbation: ...
+
     def attack(
         self,
         adapter: UnifiedModel,
@@ -112,29 +156,54 @@ class Adversary(Protocol):
 
 
 class DecoderAdversary:
-    """Paper Eq. 7: perturb decodable latents, decode to a real image, attack U through G and Enc."""
+    """Paper Eq. 7: perturb decodable latents, decode to a real image, attack U through G and Enc.
+
+    With `residual` the buffer stores each item's clean latent z next to z̃ (`stored`), so replay
+    rebuilds x + G(z̃) − G(z) without running the VQ encoder again; and G(z) of a challenge batch
+    is decoded once, however many challenge steps reuse it. With `images` (`game.replay_images`)
+    the buffer stores x̃ itself and replay decodes nothing.
+    """
 
     space = "latent"
 
-    def __init__(self, perturber: Perturber, residual: bool = False) -> None:
+    def __init__(self, perturber: Perturber, residual: bool = False, images: bool = False) -> None:
         self.perturber = perturber
         self.residual = residual
+        self.images = images
+        self._reconstruction: tuple[Tensor, Tensor] | None = None  # (z, G(z)) of the last challenge batch
 
     def clean(self, adapter: UnifiedModel, pixels: Tensor) -> Tensor:
         """z: (B, N, D) float32 latent tokens of the clean images (frozen encoder, no graph)."""
         with torch.no_grad():
             return adapter.encode_latents(pixels).float()
 
-    def decode(self, adapter: UnifiedModel, perturbed: Tensor, pixels: Tensor | None = None) -> Tensor:
-        """x̃ = G(z̃), or with `residual` x + G(z̃) − G(z) (z = Enc_G(x)), in [0, 1]; differentiable in z̃."""
+    def decode(
+        self,
+        adapter: UnifiedModel,
+        perturbed: Tensor,
+        pixels: Tensor | None = None,
+        clean: Tensor | None = None,
+    ) -> Tensor:
+        """x̃ = G(z̃), or with `residual` x + G(z̃) − G(z), in [0, 1]; differentiable in z̃.
+
+        `clean`: z = Enc_G(x) when the caller has it (else it is encoded from `pixels`); G(z) is
+        decoded once per `clean` tensor and reused while the same tensor comes back.
+        """
         decoded = adapter.decode_latents(perturbed)  # (B, 3, H, W)
         if not self.residual:
             return decoded
         if pixels is None:
             raise ValueError("game.residual_decode needs the clean images x of the candidates.")
-        with torch.no_grad():
-            reconstruction = adapter.decode_latents(self.clean(adapter, pixels))  # G(z), (B, 3, H, W)
-        return (pixels + decoded - reconstruction).clamp(0, 1)
+        if clean is None:
+            clean = self.clean(adapter, pixels)
+        return (pixels + decoded - self._clean_reconstruction(adapter, clean)).clamp(0, 1)
+
+    def _clean_reconstruction(self, adapter: UnifiedModel, clean: Tensor) -> Tensor:
+        """G(z), (B, 3, H, W), no graph; the last batch's is kept (identity of `clean`, which it holds)."""
+        if self._reconstruction is None or self._reconstruction[0] is not clean:
+            with torch.no_grad():
+                self._reconstruction = (clean, adapter.decode_latents(clean))
+        return self._reconstruction[1]
 
     def attack(
         self,
@@ -144,18 +213,67 @@ class DecoderAdversary:
         answers: list[str],
         pixels: Tensor | None = None,
     ) -> Attack:
-        delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
-        perturbed = clean + delta  # (B, N, D) z̃ = z + δ
-        adversarial = self.decode(adapter, perturbed, pixels)  # (B, 3, H, W) x̃, differentiable
+        delta, perturbed, adversarial = self._decoded(adapter, clean, pixels, None)
         ce = adapter.understanding_loss(adversarial, questions, answers).float()  # (B,) through Enc and U
         return Attack(delta, perturbed, adversarial, ce)
 
-    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
-        """Understanding tokens of stored z̃ (re-decoded; `pixels` are the items' clean images)."""
+    def perturb(
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        pixels: Tensor | None = None,
+        *,
+        reverse: Tensor | None = None,
+    ) -> Perturbation:
+        """δ = C(z), x̃ and Enc(x̃), differentiable in δ; `reverse` (B,): through a gradient reversal at
+        δ with that per-row scale (`reverse_gradient`). U's CE of the tokens is `attack`'s CE as far as
+        the adapter's `understanding_loss` is `understanding_loss_from_tokens` of `visual_tokens`
+        (the protocol's contract; Janus and Emu3 are written so)."""
+        delta, perturbed, adversarial = self._decoded(adapter, clean, pixels, reverse)
+        return Perturbation(delta, perturbed, adversarial, adapter.visual_tokens(adversarial))
+
+    def _decoded(
+        self, adapter: UnifiedModel, clean: Tensor, pixels: Tensor | None, reverse: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """δ (B, N, D), z + δ and x̃ (B, 3, H, W), differentiable in δ."""
+        delta = self.perturber(clean)  # (B, N, D) float32, autocast off inside
+        perturbed = clean + (
+            delta if reverse is None else reverse_gradient(delta, reverse)
+        )  # (B, N, D) z + δ
+        return delta, perturbed, self.decode(adapter, perturbed, pixels, clean)  # x̃, differentiable
+
+    @property
+    def replay_needs_clean_pixels(self) -> bool:
+        """Whether replay reads the items' clean images x (residual decoding of stored latents)."""
+        return self.residual and not self.images
+
+    def stored(self, perturbed: Tensor, clean: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """What the buffer keeps of a candidate: z̃ (B, N, D); with `residual` z̃ and z, (B, 2, N, D);
+        with `images` the decoded x̃ (`pixels`, (B, 3, H, W))."""
+        if self.images:
+            if pixels is None:
+                raise ValueError("game.replay_images stores the decoded candidates; pass their pixels.")
+            return pixels
+        return torch.stack([perturbed, clean], dim=1) if self.residual else perturbed
+
+    @torch.no_grad()
+    def replay_pixels(self, adapter: UnifiedModel, stored: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """x̃ (K, 3, H, W) of `stored` buffer items (`pixels`: their clean images, for `residual`)."""
+        if self.images:
+            return stored  # x̃ as the challenge decoded it
         if not self.residual:
-            return tokens_from_latents(adapter, latents)
+            return adapter.decode_latents(stored)
+        if pixels is None:
+            raise ValueError("game.residual_decode needs the clean images x of the replayed items.")
+        perturbed, clean = stored.unbind(dim=1)  # (K, N, D) each
+        # Two decoder calls, not one over [z̃; z]: at ε = 0 the two decodings are then bitwise equal
+        # and x̃ = x exactly (the ε = 0 control replays the clean images).
+        return (pixels + adapter.decode_latents(perturbed) - adapter.decode_latents(clean)).clamp(0, 1)
+
+    def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """Understanding tokens of stored items (re-decoded; `pixels` are the items' clean images)."""
         with torch.no_grad():
-            return adapter.visual_tokens(self.decode(adapter, latents, pixels))
+            return adapter.visual_tokens(self.replay_pixels(adapter, latents, pixels))
 
 
 class EmbeddingAdversary:
@@ -179,10 +297,24 @@ class EmbeddingAdversary:
         answers: list[str],
         pixels: Tensor | None = None,
     ) -> Attack:
+        p = self.perturb(adapter, clean, pixels)
+        ce = adapter.understanding_loss_from_tokens(p.tokens, questions, answers).float()  # (B,)
+        return Attack(p.delta, p.perturbed, None, ce)
+
+    def perturb(
+        self,
+        adapter: UnifiedModel,
+        clean: Tensor,
+        pixels: Tensor | None = None,
+        *,
+        reverse: Tensor | None = None,
+    ) -> Perturbation:
+        """δ = C(t) and t̃ = t + δ (U's input itself); `reverse` (B,): through a gradient reversal at δ."""
         delta = self.perturber(clean)  # (B, N_u, D_u) float32
-        perturbed = clean + delta  # (B, N_u, D_u) t̃ = t + δ
-        ce = adapter.understanding_loss_from_tokens(perturbed, questions, answers).float()  # (B,)
-        return Attack(delta, perturbed, None, ce)
+        perturbed = clean + (
+            delta if reverse is None else reverse_gradient(delta, reverse)
+        )  # (B, N_u, D_u) t̃
+        return Perturbation(delta, perturbed, None, perturbed)
 
     def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:
         """Stored t̃ are understanding tokens already."""
@@ -209,6 +341,7 @@ def build_adversary(
     hidden: int | None,
     seed: int,
     residual_decode: bool = False,
+    replay_images: bool = False,
 ) -> DecoderAdversary | EmbeddingAdversary:
     """The adversary of mode `name`, its perturber sized from one probe of `sample_pixels` (1, 3, H, W).
 
@@ -229,7 +362,7 @@ def build_adversary(
         width = hidden if hidden is not None else max(dim, 64)
         perturber = Perturber(dim, width, eps_max, eps_init, budget)
     if name == "decoder":
-        return DecoderAdversary(perturber.to(device), residual=residual_decode)
+        return DecoderAdversary(perturber.to(device), residual=residual_decode, images=replay_images)
     return classes[name](perturber.to(device))
 
 
@@ -306,7 +439,9 @@ def build_candidate_filter(
 class Candidates:
     """One mining batch: what the buffer would store, its hardness, and what the filter compares."""
 
-    latents: Tensor  # (B, ...) z̃ (decoder), t̃ (token space) or generated images' VQ latents
+    latents: (
+        Tensor  # (B, ...) z̃ (decoder; [z̃, z] when residual), t̃ (token space) or generated images' VQ latents
+    )
     hardness: Tensor  # (B,) per-sample CE of U on the candidates
     clean_view: Tensor  # clean pixels (B, 3, H, W) or clean tokens (B, N_u, D_u)
     candidate_view: Tensor  # candidate pixels or tokens, same layout as clean_view
@@ -330,7 +465,8 @@ class ChallengeMiner:
         answers: list[str],
     ) -> Candidates:
         if attack.pixels is not None:
-            return Candidates(attack.perturbed, attack.ce, pixels, attack.pixels, attack.pixels)
+            latents = self.adversary.stored(attack.perturbed, clean, attack.pixels)  # z̃, [z̃, z] or x̃
+            return Candidates(latents, attack.ce, pixels, attack.pixels, attack.pixels)
         return Candidates(attack.perturbed, attack.ce, clean, attack.perturbed, None)
 
     def replay_tokens(self, adapter: UnifiedModel, latents: Tensor, pixels: Tensor | None = None) -> Tensor:

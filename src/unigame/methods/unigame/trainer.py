@@ -9,15 +9,18 @@ head) is frozen. `train()` is the algorithm; read it top to bottom.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigame.data.records import VQARecord
@@ -82,7 +85,7 @@ METRICS: tuple[str, ...] = (
 class HardBatch:
     """Hard samples for the understand step: stored latents (re-decoded on replay) and their text."""
 
-    latents: Tensor  # (K, ...) z̃ or t̃
+    latents: Tensor  # (K, ...) z̃ (with residual decoding [z̃, z], (K, 2, N, D)) or t̃
     questions: list[str]
     answers: list[str]
     slots: Tensor | None = None  # (K·W,) buffer slots replayed on all W ranks; None for this step's selection
@@ -123,6 +126,7 @@ class UniGameTrainer(Trainer):
         self.extra_batches: RecordBatches | None = None  # SFT control: data.extra_clean_items per step
         self.label_counts = LabelCounts()  # the exact judge's label checks of mined candidates, run totals
         self._judge_labels = False  # whether mining checks labels (ShapesWorld, candidates with pixels)
+        self._buffer_item_shape: tuple[int, ...] | None = None  # what this run stores per buffer item
 
     @property
     def progress_name(self) -> str:  # type: ignore[override]
@@ -147,6 +151,7 @@ class UniGameTrainer(Trainer):
                     hidden=game.perturber_hidden,
                     seed=cfg.seed,
                     residual_decode=game.residual_decode,
+                    replay_images=game.replay_images,
                 )
             self.perturber = self.adversary.perturber
             self.regulariser = REGULARISERS[game.reg_form]  # ‖δ‖² of L_C's λ term (sum or mean)
@@ -173,6 +178,11 @@ class UniGameTrainer(Trainer):
                 cosine_threshold=game.cosine_threshold,
             )
             self.buffer = HardSampleBuffer(game.capacity) if game.buffer else None
+            # One buffer item's shape (decoder candidates), to check a checkpoint's buffer against.
+            if self.buffer is not None and isinstance(self.miner, ChallengeMiner) and self.miner.has_pixels:
+                with self._autocast():  # a bf16 run stores the VQ encoder in bf16
+                    z = self.adversary.clean(self.adapter, probe)  # (1, N, D)
+                self._buffer_item_shape = tuple(self.adversary.stored(z, z, probe).shape[1:])
             # ShapesWorld's exact judge can re-read a candidate image's label; token-space candidates
             # and local data have nothing it can read.
             self._judge_labels = cfg.data.source == "shapes" and self.miner.has_pixels
@@ -217,22 +227,29 @@ class UniGameTrainer(Trainer):
                 # Alg. 1 l.3: clean understanding tokens Enc(x); Enc is frozen, so computed once.
                 clean_tokens = self.adapter.visual_tokens(batch.pixels)  # (B, N_u, D_u)
                 self._last_selection = None
-                if game.enabled:
-                    # Alg. 1 l.4-6, challenge step: C ascends L_C = CE(U(Enc(G(z + C(z)))), a) − λ‖δ‖².
-                    clean = self.adversary.clean(self.adapter, batch.pixels)  # (B, N, D) z
-                    attack = self.challenge_step(batch, clean, metrics)
-                    if attack is None:
+                if game.enabled and game.schedule == "simultaneous":
+                    # Alg. 1 l.4-12 in one forward/backward (docs/method.md): C ascends CE(x̃) through a
+                    # gradient reversal at δ while LoRA descends L_U; mining reads the same forward.
+                    if not self.simultaneous_step(batch, clean_tokens, metrics):
                         self._skip_step(metrics, start)
                         continue
-                    if self.step % cfg.logging.log_every == 0:
-                        metrics["attack_success_rate"] = self.attack_success_rate(batch, attack)
-                    # Alg. 1 l.7-9, every m steps: mine hard, faithful candidates into the buffer B.
-                    if self.step % game.mine_every == 0:
-                        self.mine(batch, clean, attack, metrics)
-                # Alg. 1 l.10-12, understand step: LoRA descends L_U = CE_clean + β·CE_hard.
-                if not self.understand_step(batch, clean_tokens, metrics, extra):
-                    self._skip_step(metrics, start)
-                    continue
+                else:
+                    if game.enabled:
+                        # Alg. 1 l.4-6, challenge step: C ascends L_C = CE(U(Enc(G(z + C(z)))), a) − λ‖δ‖².
+                        clean = self.adversary.clean(self.adapter, batch.pixels)  # (B, N, D) z
+                        attack = self.challenge_step(batch, clean, metrics)
+                        if attack is None:
+                            self._skip_step(metrics, start)
+                            continue
+                        if self.step % cfg.logging.log_every == 0:
+                            metrics["attack_success_rate"] = self.attack_success_rate(batch, attack)
+                        # Alg. 1 l.7-9, every m steps: mine hard, faithful candidates into the buffer B.
+                        if self.step % game.mine_every == 0:
+                            self.mine(batch, clean, attack, metrics)
+                    # Alg. 1 l.10-12, understand step: LoRA descends L_U = CE_clean + β·CE_hard.
+                    if not self.understand_step(batch, clean_tokens, metrics, extra):
+                        self._skip_step(metrics, start)
+                        continue
             self.step += 1
             self.nonfinite_streak = 0
             self._end_step(metrics, start)
@@ -261,16 +278,24 @@ class UniGameTrainer(Trainer):
                 return None
             self.opt_challenger.step()
         metrics.update(
-            ce_adv=float(attack.ce.detach().mean()),
-            loss_challenge=float(loss_challenge.detach()),
-            reg=float(reg.detach()),
-            eps=self.perturber.eps,
-        )
+            ce_adv=attack.ce.detach().mean(),
+            loss_challenge=loss_challenge.detach(),
+            reg=reg.detach(),
+            eps=self.perturber.eps_tensor().detach(),
+        )  # tensors: read back once per step, in _end_step
         return attack.detach()
 
-    def mine(self, batch: Batch, clean: Tensor, attack: Attack, metrics: dict[str, float]) -> MineStats:
+    def mine(
+        self,
+        batch: Batch,
+        clean: Tensor,
+        attack: Attack,
+        metrics: dict[str, float],
+        keep_selection: bool = True,
+    ) -> MineStats:
         """Filter the candidates, set τ = percentile of H, keep H ≥ τ and faithful: push z̃ to B
-        (or, buffer off, hand them to this step's understand step)."""
+        (or, buffer off, hand them to this step's understand step unless not `keep_selection`). With
+        the buffer off, the returned stats' `inserted` are the selected items' global batch indices."""
         game = self.cfg.game
         candidates = self.miner.candidates(
             self.adapter, batch.pixels, clean, attack, batch.questions, batch.answers
@@ -281,19 +306,20 @@ class UniGameTrainer(Trainer):
         valid = self._labels_hold(candidates.pixels, batch.questions, batch.answers)  # (B,) or None
         latents, ids, questions, answers = candidates.latents, batch.ids, batch.questions, batch.answers
         if self.dist.world_size > 1:  # every rank mines the global batch: one τ, one (replicated) buffer
-            latents, hardness, passed, ids, questions, answers = self._global_candidates(
-                batch.ids, latents, hardness, passed
+            latents, hardness, passed, valid, ids, questions, answers = self._global_candidates(
+                batch.ids, latents, hardness, passed, valid
             )
-            if valid is not None:  # each rank judged its own images; all ranks count the global batch
-                valid = self.dist.gather(valid.double()) > 0  # (W·B,)
+        # One device-to-host copy of what the buffer's bookkeeping reads (CPU).
+        host = torch.stack([hardness.detach().double(), passed.double()]).cpu()  # (2, B)
+        hardness, passed = host[0], host[1] > 0
         if self.buffer is not None:
             payload = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
             stats = self.buffer.mine(latents, hardness, passed, ids, payload, percentile=game.percentile)
             inserted = list(stats.inserted)
         else:
             tau = percentile_threshold(hardness, game.percentile)
-            chosen = (passed.cpu() & (hardness.cpu() >= tau)).nonzero().flatten().tolist()
-            if chosen:
+            chosen = (passed & (hardness >= tau)).nonzero().flatten().tolist()
+            if chosen and keep_selection:
                 local = chosen[self.dist.shard(len(chosen))]  # this rank's share of the selection
                 self._last_selection = HardBatch(
                     latents[local],
@@ -303,11 +329,12 @@ class UniGameTrainer(Trainer):
                     pixels=self._clean_pixels([ids[i] for i in local]) if self._replay_needs_pixels else None,
                 )
             n_passed = int(passed.sum())
-            stats = MineStats(tau, int((hardness >= tau).sum()), n_passed, len(chosen), len(chosen))
+            n_hard = int((hardness >= tau).sum())
+            stats = MineStats(tau, n_hard, n_passed, len(chosen), len(chosen), tuple(chosen))
             inserted = chosen
         metrics.update(filter_pass_rate=stats.n_passed_filter / len(ids), tau=stats.tau, mined=stats.n_pushed)
         if valid is not None:
-            metrics.update(self.label_counts.add(valid, passed.cpu(), inserted))
+            metrics.update(self.label_counts.add(valid, passed, inserted))
         return stats
 
     def _labels_hold(self, pixels: Tensor | None, questions: list[str], answers: list[str]) -> Tensor | None:
@@ -354,13 +381,11 @@ class UniGameTrainer(Trainer):
             if not self._clip_is_finite(self.lora_parameters, cfg.optim.grad_clip):
                 return False
             self.opt_understand.step()
-        metrics.update(
-            loss_understand=float(loss_understand.detach()), ce_clean=float(ce_clean.detach().mean())
-        )
+        metrics.update(loss_understand=loss_understand.detach(), ce_clean=ce_clean.detach().mean())
         if extra is not None:
-            metrics["ce_extra"] = float(ce[n_clean:].detach().mean())
+            metrics["ce_extra"] = ce[n_clean:].detach().mean()
         if hard is not None:
-            metrics["ce_hard"] = float(self._hard_mean(ce_hard.detach(), hard))
+            metrics["ce_hard"] = self._hard_mean(ce_hard.detach(), hard)
             if hard.slots is not None:
                 # Re-rank replayed items by their current CE: otherwise items the model has learned
                 # keep their mining-time hardness and block harder new candidates from entering.
@@ -368,6 +393,134 @@ class UniGameTrainer(Trainer):
                 replayed_ce = self.dist.gather(ce_hard.detach().double())  # (K·W,) in slot order
                 self.buffer.update_hardness(hard.slots, replayed_ce.cpu())
         return True
+
+    def simultaneous_step(self, batch: Batch, clean_tokens: Tensor, metrics: dict[str, float]) -> bool:
+        """Both players from one forward/backward over [clean; x̃; replayed] (`game.schedule:
+        simultaneous`); False when the loss or a gradient is not finite (nothing is updated then).
+
+        LoRA's gradient is ∇L_U: every row of the language model's batch counts for LoRA only where
+        L_U has it -- the clean and replayed rows, and with the buffer off the candidates this step
+        selects; x̃'s other rows are in the batch for the perturber alone (`_lora_rows`). The perturber
+        gets −∇ of CE(x̃).mean() through a gradient reversal at δ whose per-row scale undoes that row's
+        weight in the loss, plus λ‖δ‖²: the alternating challenge step's gradient. With the buffer on,
+        the replayed batch is drawn before this step's mining (alternating draws it after).
+        """
+        cfg, game = self.cfg, self.cfg.game
+        n = clean_tokens.shape[0]  # B
+        clean = self.adversary.clean(self.adapter, batch.pixels)  # (B, N, D) z
+        hard = self.hard_batch() if self.buffer is not None else None  # replay, before this step's mining
+        challenger_moves = game.eps_max > 0  # the ε = 0 control never updates C: no graph through δ
+        reverse = torch.ones(n, device=clean.device)  # the reversal's scale per x̃ row: (1/B) / its weight
+        rows = [clean_tokens]
+        questions, answers = batch.questions + batch.questions, batch.answers + batch.answers
+        if hard is not None and len(hard.questions):
+            rows.append(self.miner.replay_tokens(self.adapter, hard.latents, hard.pixels))  # (K, N_u, D_u)
+            questions, answers = questions + hard.questions, answers + hard.answers
+        else:
+            hard = None
+        # Forward: δ = C(z) (reversed gradient), x̃, Enc(x̃), and U over [clean; x̃; replayed] at once.
+        with torch.set_grad_enabled(challenger_moves):
+            perturbation = self.adversary.perturb(
+                self.adapter, clean, batch.pixels, reverse=reverse if challenger_moves else None
+            )
+        rows.insert(1, perturbation.tokens)  # (B, N_u, D_u) Enc(x̃), differentiable in δ
+        tokens = torch.cat([r.to(clean_tokens.dtype) for r in rows])  # (2B+K, N_u, D_u)
+        lora_rows = torch.ones(tokens.shape[0], dtype=torch.bool, device=clean.device)  # filled below
+        with self._lora_rows(lora_rows):
+            ce = self.adapter.understanding_loss_from_tokens(tokens, questions, answers).float()  # (2B+K,)
+        ce_clean, ce_adv, ce_hard = ce[:n], ce[n : 2 * n], ce[2 * n :]
+        reg = self.regulariser(perturbation.delta)  # ‖δ‖², fp32
+        if not self._finite(ce.detach().sum() + reg.detach()):
+            return False
+        attack = Attack(perturbation.delta, perturbation.perturbed, perturbation.pixels, ce_adv).detach()
+        if self.step % cfg.logging.log_every == 0:
+            metrics["attack_success_rate"] = self.attack_success_rate(batch, attack)
+        if hard is not None and hard.slots is not None:  # before mining, which may reuse the slots
+            self.buffer.update_hardness(hard.slots, self.dist.gather(ce_hard.detach().double()).cpu())
+        # Mining reads this forward's x̃ and H (Alg. 1 l.7-9); the buffer off, it picks L_U's hard rows.
+        weight = torch.full((n,), 1.0 / n, device=ce.device)  # each x̃ row's weight in the loss
+        trains = torch.zeros(n, dtype=torch.bool, device=ce.device)  # x̃ rows in L_U (buffer off)
+        hard_term = None  # β·CE_hard of those rows, for the log
+        if self.step % game.mine_every == 0:
+            stats = self.mine(batch, clean, attack, metrics, keep_selection=False)
+            if self.buffer is None and stats.inserted:
+                first = self.dist.rank * n  # this rank's rows in the global batch
+                chosen = torch.zeros(n, dtype=torch.bool, device=ce.device)
+                chosen[[i - first for i in stats.inserted if first <= i < first + n]] = True
+                share = self.dist.world_size / len(stats.inserted)  # `_hard_mean`'s weight of one item
+                metrics["ce_hard"] = (ce_adv.detach() * chosen).sum() * share
+                hard_term = game.beta * metrics["ce_hard"]
+                if game.beta > 0:
+                    trains = chosen
+                    weight[trains] = game.beta * share
+        lora_rows[n : 2 * n] = trains
+        reverse.copy_((1.0 / n) / weight)  # 1 where the row weighs 1/B: an exact sign flip
+        loss_understand = ce_clean.mean()
+        if hard is not None:
+            loss_understand = loss_understand + game.beta * self._hard_mean(ce_hard, hard)
+        # One backward: LoRA descends L_U (its x̃ rows enter through ce_adv · weight), C ascends
+        # CE(x̃).mean() through the reversal and descends λ‖δ‖².
+        loss = loss_understand + (ce_adv * weight).sum() + game.reg_lambda * reg
+        self.opt_understand.zero_grad(set_to_none=True)
+        if challenger_moves:
+            self.opt_challenger.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.average_gradients(self.replicated_lora)
+        players = [self.lora_parameters]
+        if challenger_moves:
+            self.dist.average_gradients(self.challenger_parameters)
+            players.append(self.challenger_parameters)
+        if not all(self._clip_is_finite(params, cfg.optim.grad_clip) for params in players):
+            return False
+        self.opt_understand.step()
+        if challenger_moves:
+            self.opt_challenger.step()
+        metrics.update(
+            loss_understand=loss_understand.detach() + (0.0 if hard_term is None else hard_term),
+            ce_clean=ce_clean.detach().mean(),
+            ce_adv=ce_adv.detach().mean(),
+            loss_challenge=ce_adv.detach().mean() - game.reg_lambda * reg.detach(),
+            reg=reg.detach(),
+            eps=self.perturber.eps_tensor().detach(),
+        )
+        if hard is not None:
+            metrics["ce_hard"] = self._hard_mean(ce_hard.detach(), hard)
+        return True
+
+    @contextlib.contextmanager
+    def _lora_rows(self, keep: Tensor) -> Iterator[None]:
+        """While open, LoRA's weights get their gradient only from the rows b of the language model's
+        batch with `keep[b]`; `keep` may be filled in after the forward, it is read in the backward.
+        The gradient to the activations, what reaches δ through the LoRA layers, keeps every row.
+
+        Each LoRA linear's output is computed twice, alike: once with its weights detached (this one
+        carries the gradient to its input) and once from its detached input (this one carries the
+        weights' gradient, masked by row), added as `live − live.detach()`, exactly zero: the forward
+        value is bit for bit the plain layer's.
+        """
+
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            x = args[0]
+            bias = module.bias
+            frozen = F.linear(x, module.weight.detach(), None if bias is None else bias.detach())
+            live = F.linear(x.detach(), module.weight, bias)
+            live.register_hook(lambda g: g * keep.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+            return frozen + (live - live.detach())
+
+        handles = [m.register_forward_hook(hook) for m in self._lora_linears()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _lora_linears(self) -> list[nn.Linear]:
+        """LoRA's own linear layers (peft's lora_A and lora_B): the trainable `nn.Linear` modules."""
+        return [
+            m
+            for m in self.peft_model.modules()
+            if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
 
     def hard_batch(self) -> HardBatch | None:
         """The hard samples of this understand step: a replay batch from B, or this step's selection."""
@@ -386,8 +539,9 @@ class UniGameTrainer(Trainer):
 
     @property
     def _replay_needs_pixels(self) -> bool:
-        """Residual decoding rebuilds x̃ = x + G(z̃) − G(z), so replay needs the items' clean images."""
-        return bool(getattr(self.adversary, "residual", False))
+        """Residual decoding rebuilds x̃ = x + G(z̃) − G(z) from stored latents: replay needs the items'
+        clean images (not when the buffer keeps x̃ itself)."""
+        return bool(getattr(self.adversary, "replay_needs_clean_pixels", False))
 
     def _clean_pixels(self, ids: list[str]) -> Tensor:
         return self.batches.batch([self._record_index[i] for i in ids]).pixels  # (K, 3, H, W)
@@ -412,21 +566,24 @@ class UniGameTrainer(Trainer):
         return ce_hard.sum() * (self.dist.world_size / hard.total)
 
     def _global_candidates(
-        self, ids: list[str], latents: Tensor, hardness: Tensor, passed: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, list[str], list[str], list[str]]:
+        self, ids: list[str], latents: Tensor, hardness: Tensor, passed: Tensor, valid: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[str], list[str], list[str]]:
         """Every rank's mining candidates in rank order = the global batch's order: latents (W·B, ...),
-        hardness (W·B,), filter verdicts (W·B,), and the records' ids, questions and answers."""
+        hardness (W·B,), filter verdicts (W·B,), label verdicts (W·B,) or None, and the records' ids,
+        questions and answers. Two all-gathers: the latents, and every per-item number in one."""
         index = torch.tensor(
             [self._record_index[i] for i in ids], dtype=torch.float64, device=hardness.device
         )
-        small = torch.stack([hardness.double(), passed.double(), index], dim=1)  # (B, 3)
-        small = self.dist.gather(small)  # (W·B, 3); float64 holds record indices exactly
+        judged = valid.to(hardness.device).double() if valid is not None else torch.full_like(index, -1.0)
+        small = torch.stack([hardness.double(), passed.double(), index, judged], dim=1)  # (B, 4)
+        small = self.dist.gather(small)  # (W·B, 4); float64 holds record indices exactly
         latents = self.dist.gather(latents)  # (W·B, ...)
         records = [self.records[int(i)] for i in small[:, 2].tolist()]
         return (
             latents,
             small[:, 0],
             small[:, 1] > 0,
+            None if valid is None else (small[:, 3] > 0).cpu(),  # each rank judged its own images
             [r.id for r in records],
             [r.question for r in records],
             [r.answer for r in records],
@@ -434,7 +591,7 @@ class UniGameTrainer(Trainer):
 
     def step_metrics(self, metrics: dict[str, float]) -> None:
         if self.cfg.game.enabled:
-            metrics["eps"] = self.perturber.eps
+            metrics["eps"] = self.perturber.eps_tensor().detach()
             if self.buffer is not None:
                 metrics["buffer_size"] = len(self.buffer)
 
@@ -488,17 +645,41 @@ class UniGameTrainer(Trainer):
             restore_optimizer(self.opt_challenger, "optim.challenger", tensors, meta["optim"]["challenger"])
             self.generation_generator.set_state(tensors["generator.generation"])
             if self.buffer is not None and "buffer" in meta:
-                self.buffer.load_state_dict(
-                    {
-                        "latents": tensors["buffer.latents"],
-                        "hardness": tensors["buffer.hardness"],
-                        "metadata": meta["buffer"],
-                    }
-                )
+                state = {
+                    "latents": tensors["buffer.latents"],
+                    "hardness": tensors["buffer.hardness"],
+                    "metadata": meta["buffer"],
+                }
+                self.buffer.load_state_dict(self._with_clean_latents(state))
             # Older checkpoints have no label counts: the totals start here.
             self.label_counts.load_state_dict(meta.get("label_validity", {}))
         if self.extra_batches is not None:
             self._restore_extra_stream(meta, path)
+
+    def _with_clean_latents(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The buffer state as this run stores items. A residual run keeps [z̃, z] per item; a checkpoint
+        written when it kept z̃ alone gets z encoded from the items' clean images (so replay needs no
+        VQ encoder afterwards). Any other layout change is refused, naming the settings."""
+        meta = (
+            json.loads(state["metadata"]) if isinstance(state["metadata"], str) else dict(state["metadata"])
+        )
+        shape, expected = meta.get("item_shape"), self._buffer_item_shape
+        if shape is None or expected is None or tuple(shape) == expected:
+            return state
+        if not (self._replay_needs_pixels and tuple(shape) == expected[1:]):
+            raise ValueError(
+                f"the checkpoint's hard-sample buffer holds items of shape {tuple(shape)} but this run stores "
+                f"{expected} (z̃; [z̃, z] with game.residual_decode; x̃ with game.replay_images): resume with "
+                "the game.residual_decode and game.replay_images the checkpoint was written with."
+            )
+        perturbed = state["latents"]  # (n, N, D)
+        if perturbed.shape[0]:
+            clean = self.adversary.clean(self.adapter, self._clean_pixels(meta["ids"])).cpu()  # (n, N, D)
+            latents = torch.stack([perturbed, clean.to(perturbed.dtype)], dim=1)  # (n, 2, N, D)
+        else:
+            latents = perturbed.new_empty((0, *expected))
+        meta["item_shape"] = list(expected)
+        return {**state, "latents": latents, "metadata": json.dumps(meta)}
 
     def _restore_extra_stream(self, meta: dict[str, Any], path: Path) -> None:
         if "data_extra" in meta:
@@ -540,9 +721,9 @@ class UniGameTrainer(Trainer):
             predictions_clean = self.adapter.answer(clean, questions)
             adversarial = predictions_adversarial = None
             if self.miner.has_pixels:
-                decode = getattr(self.adversary, "decode", None)  # the decoder adversary's own x̃ rule
+                replay = getattr(self.adversary, "replay_pixels", None)  # the decoder adversary's own x̃ rule
                 adversarial = (
-                    decode(self.adapter, latents, clean) if decode else self.adapter.decode_latents(latents)
+                    replay(self.adapter, latents, clean) if replay else self.adapter.decode_latents(latents)
                 ).float()  # (K, 3, H, W) re-decoded z̃
                 predictions_adversarial = self.adapter.answer(adversarial, questions)
         judged = self._labels_hold(adversarial, questions, answers)  # (K,) or None
