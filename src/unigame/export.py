@@ -156,7 +156,9 @@ def export(
         base, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
     )
     merged = load_lora(model_fp32, base, lora).merge_and_unload()  # checks the LoRA fits the base first
-    target = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
+    target = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"), None)
+    if not isinstance(target, torch.dtype):  # e.g. "auto": keep float32
+        target = torch.float32
     merged = merged.to(target).eval()
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True, trust_remote_code=False)
 

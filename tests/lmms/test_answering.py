@@ -107,3 +107,14 @@ def test_bad_model_args_are_named(tiny_model_dir, tmp_path):
         load_janus(str(tiny_model_dir), dtype="int8")
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_janus(str(tiny_model_dir), lora=str(tmp_path), device="cpu")
+
+
+def test_bfloat16_weights_answer(tiny_model_dir):
+    import torch
+
+    adapter, _ = load_janus(str(tiny_model_dir), prompt="tiny", device="cpu", dtype="bfloat16")
+    assert next(adapter.model.parameters()).dtype == torch.bfloat16
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    request = Request(("Is there a red circle?", {"max_new_tokens": 4}, _visual, 0, "t", "s"))
+    (answer,) = answer_requests(adapter, [request], {"t": {"s": [{"image": image}]}})
+    assert isinstance(answer, str)  # pixels follow the weights' dtype, so bf16 runs without autocast

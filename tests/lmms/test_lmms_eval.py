@@ -1,6 +1,7 @@
 """The real lmms-eval (the `lmms` extra) on a local VQAv2 task: its score equals `unigame eval`'s.
 
-Skipped when lmms-eval is not installed; .ci/run installs it, so CI runs these.
+Skipped when lmms-eval is not installed; .ci/run installs it in a venv of its own and runs tests/lmms
+there, so CI runs these.
 """
 
 from __future__ import annotations
