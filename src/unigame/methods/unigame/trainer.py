@@ -10,6 +10,7 @@ head) is frozen. `train()` is the algorithm; read it top to bottom.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 import warnings
@@ -491,28 +492,16 @@ class UniGameTrainer(Trainer):
     def _lora_rows(self, keep: Tensor) -> Iterator[None]:
         """While open, LoRA's weights get their gradient only from the rows b of the language model's
         batch with `keep[b]`; `keep` may be filled in after the forward, it is read in the backward.
-        The gradient to the activations, what reaches δ through the LoRA layers, keeps every row.
-
-        Each LoRA linear's output is computed twice, alike: once with its weights detached (this one
-        carries the gradient to its input) and once from its detached input (this one carries the
-        weights' gradient, masked by row), added as `live − live.detach()`, exactly zero: the forward
-        value is bit for bit the plain layer's.
-        """
-
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            x = args[0]
-            bias = module.bias
-            frozen = F.linear(x, module.weight.detach(), None if bias is None else bias.detach())
-            live = F.linear(x.detach(), module.weight, bias)
-            live.register_hook(lambda g: g * keep.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
-            return frozen + (live - live.detach())
-
-        handles = [m.register_forward_hook(hook) for m in self._lora_linears()]
+        The gradient to the activations, what reaches δ through the LoRA layers, keeps every row, and
+        the forward is bit for bit the plain layer's (`_RowMaskedLinear`)."""
+        linears = self._lora_linears()
+        for module in linears:
+            module.forward = functools.partial(_row_masked_forward, module, keep)  # instance attribute
         try:
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            for module in linears:
+                del module.forward  # back to the class's
 
     def _lora_linears(self) -> list[nn.Linear]:
         """LoRA's own linear layers (peft's lora_A and lora_B): the trainable `nn.Linear` modules."""
@@ -748,3 +737,32 @@ class UniGameTrainer(Trainer):
                 {f"perturber.{k}": v.detach().clone() for k, v in self.perturber.state_dict().items()}
             )
         return state
+
+
+class _RowMaskedLinear(torch.autograd.Function):
+    """y = x Wᵀ (+ b), computed once; the backward gives x its whole gradient and W (and b) the sum
+    over the rows b with keep[b] only. `keep` (B,) is read in the backward, so it may be decided
+    after the forward. Under autocast the forward is autocast's own linear; the backward computes
+    in the gradient's dtype, as autocast's linear does, and hands each input its own dtype back."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, keep: Tensor
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.keep, ctx.has_bias = keep, bias is not None
+        return F.linear(x, weight, bias)  # (B, ..., O)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype)  # (B, ..., I): every row
+        masked = grad * ctx.keep.view(-1, *([1] * (grad.dim() - 1))).to(grad.dtype)  # (B, ..., O)
+        flat = masked.reshape(-1, masked.shape[-1])  # (B·…, O)
+        grad_weight = (flat.t() @ x.reshape(-1, x.shape[-1]).to(grad.dtype)).to(weight.dtype)  # (O, I)
+        grad_bias = flat.sum(0).to(weight.dtype) if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _row_masked_forward(module: nn.Linear, keep: Tensor, x: Tensor) -> Tensor:
+    return _RowMaskedLinear.apply(x, module.weight, module.bias, keep)
