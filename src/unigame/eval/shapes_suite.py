@@ -22,7 +22,7 @@ Sizes: `DEFAULT_SIZES` (the full run: about a minute on 2 CPU cores for the tiny
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -250,6 +250,14 @@ def shapes_geneval_prompts(
     return [_task_prompt(tag, rng, config) for tag in tasks for _ in range(n_per_task)]
 
 
+def geneval_strict_correct(objects: Sequence[ShapeObject], prompt: Mapping[str, Any]) -> bool:
+    """The strict GenEval analogue: GenEval's rule, and exactly as many objects as the prompt's scene
+    (a blotchy image can pass GenEval's own rule by accident, which the exact judge can see)."""
+    return geneval_correct(objects, prompt["include"], prompt["exclude"]) and len(objects) == len(
+        prompt["scene"]["objects"]
+    )
+
+
 def geneval_correct(
     objects: Sequence[ShapeObject],
     include: Sequence[dict[str, Any]],
@@ -346,7 +354,7 @@ def _generation(
         items.append({"task": prompt["tag"], "correct": correct})
         # GenEval's rule ignores extra objects; a blotchy image can then pass by accident, which
         # the exact judge can see, so also report the stricter "exactly the prompted objects".
-        exact = correct and len(objs) == len(prompt["scene"]["objects"])
+        exact = geneval_strict_correct(objs, prompt)
         strict.append({"task": prompt["tag"], "correct": exact})
     scores = geneval_scores(items) | {"strict": geneval_scores(strict), "n_per_task": sizes.generation}
     by_tier: dict[str, list[bool]] = {}
@@ -375,10 +383,7 @@ def _nonunified(
     ]
     predictions = predict(adapter, records, sizes.batch_size, "self-judge", progress)
     says_yes = [exact_match(p, "yes") for p in predictions]
-    correct = [
-        geneval_correct(objs, p["include"], p["exclude"]) and len(objs) == len(p["scene"]["objects"])
-        for p, objs in zip(prompts, judged)
-    ]
+    correct = [geneval_strict_correct(objs, p) for p, objs in zip(prompts, judged)]
     report = nonunified_report(says_yes, correct)
     report["answered_neither"] = sum(
         not exact_match(p, "yes") and not exact_match(p, "no") for p in predictions

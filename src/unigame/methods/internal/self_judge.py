@@ -11,7 +11,7 @@ from torch import Tensor
 from unigame.data.generalist import match_question
 from unigame.data.shapes import ShapesConfig, judge
 from unigame.eval.common import pixels_to_images
-from unigame.eval.shapes_suite import geneval_correct
+from unigame.eval.shapes_suite import geneval_strict_correct
 
 __all__ = ["judge_accepts", "yes_probability"]
 
@@ -29,14 +29,8 @@ def yes_probability(adapter: Any, pixels: Tensor, prompts: list[str]) -> Tensor:
 def judge_accepts(pixels: Tensor, specs: list[dict[str, Any] | None], config: ShapesConfig) -> Tensor:
     """(B,) bool: the exact judge reads exactly the prompted objects (the strict GenEval rule);
     False where a prompt has no ShapesWorld spec."""
-    verdicts = []
-    for image, spec in zip(pixels_to_images(pixels), specs):
-        if spec is None:
-            verdicts.append(False)
-            continue
-        objects = judge(image, config)
-        verdicts.append(
-            geneval_correct(objects, spec["include"], spec["exclude"])
-            and len(objects) == len(spec["scene"]["objects"])
-        )
+    verdicts = [
+        spec is not None and geneval_strict_correct(judge(image, config), spec)
+        for image, spec in zip(pixels_to_images(pixels), specs)
+    ]
     return torch.tensor(verdicts, dtype=torch.bool)

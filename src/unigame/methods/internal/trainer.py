@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from unigame.methods.internal.dpo import dpo_loss
 from unigame.methods.internal.pool import SelfJudgedPool
@@ -303,6 +303,3 @@ class InternalSupervisionTrainer(Trainer):
                 self.pool.dpo_judge[:k] if judged else None,
             )
         ]
-
-    def method_parameters(self) -> list[nn.Parameter]:
-        return []
