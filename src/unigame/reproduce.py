@@ -232,6 +232,8 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 NATS_COLUMNS = frozenset({"ste.clean", "ste.shifted"})
 # The two branches' direction of change against the base, per row of the internal table.
 DIRECTION_COLUMNS = ("GenEval strict", "clean VQA")
+# A branch counts as moved when its paired change against the base has a t-test p below this.
+DIRECTION_P = 0.05
 FIGURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("clean VQA", "clean_vqa.accuracy"),
     ("POPE F1", "pope.mean_f1"),
@@ -1104,7 +1106,7 @@ def reproduce(
         "columns": [list(c) for c in columns],
         "summary": summary,
         "comparisons": comparisons,
-        "directions": branch_directions(summary) if table in ("internal", "asg") else [],
+        "directions": branch_directions(summary, comparisons) if table in ("internal", "asg") else [],
         "results": results,
         "machine": machine_description(workers, threads),
         "wall_s": wall,
@@ -1124,50 +1126,52 @@ def reproduce(
     return record
 
 
-def branch_directions(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per trained row, the mean change of generation (GenEval strict) and understanding (clean VQA)
-    against the base, in points, and their joint direction: co-improvement, co-degradation, or one
-    branch up and the other down (a change within ±0.5 points counts as flat)."""
-    by_row = {entry["row"]: entry for entry in summary}
-    if "baseline" not in by_row:
-        return []
+def branch_directions(
+    summary: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per trained row, the paired change of generation (GenEval strict) and understanding (clean
+    VQA) against the base, in points, and their joint direction: co-improvement, co-degradation, or
+    each branch on its own. A branch moves only when the change is beyond the seed spread (paired
+    t-test p < 0.05); with one seed, when it exceeds ±0.5 points, marked as one seed."""
+    labels = {entry["row"]: entry["label"] for entry in summary if entry["trains"]}
+    against_base = {c["row"]: c for c in comparisons if c["reference"] == "baseline" and c["row"] in labels}
     gen_label, und_label = DIRECTION_COLUMNS
 
-    def word(delta: float) -> str:
-        return "flat" if abs(delta) <= 0.5 else ("up" if delta > 0 else "down")
+    def word(cell: Mapping[str, Any]) -> str:
+        mean = cell["mean"]
+        if cell["n"] >= 2:
+            moved = cell["p_t"] is not None and cell["p_t"] < DIRECTION_P
+            # zero spread: the t-test is undefined, every seed moved by the same amount
+            moved = moved or (cell["se"] == 0 and abs(mean) > 0.5)
+            return ("up" if mean > 0 else "down") if moved else "no clear change"
+        return (
+            "no clear change (1 seed)"
+            if abs(mean) <= 0.5
+            else ("up (1 seed)" if mean > 0 else "down (1 seed)")
+        )
 
     out = []
-    base = by_row["baseline"]["cells"]
-    for entry in summary:
-        cells = entry["cells"]
-        if not entry["trains"] or any(
-            cells[c]["mean"] is None or base[c]["mean"] is None for c in DIRECTION_COLUMNS
-        ):
+    for row, comparison in against_base.items():
+        gen, und = comparison["cells"][gen_label], comparison["cells"][und_label]
+        if not gen["n"] or not und["n"]:
             continue
-        gen = cells[gen_label]["mean"] - base[gen_label]["mean"]
-        und = cells[und_label]["mean"] - base[und_label]["mean"]
         g, u = word(gen), word(und)
         verdict = {("up", "up"): "co-improvement", ("down", "down"): "co-degradation"}.get(
             (g, u), f"generation {g}, understanding {u}"
         )
         out.append(
-            {
-                "row": entry["row"],
-                "label": entry["label"],
-                "generation": gen,
-                "understanding": und,
-                "direction": verdict,
-            }
-        )
+            {"row": row, "label": labels[row], "generation": gen["mean"], "generation_p": gen["p_t"],
+             "understanding": und["mean"], "understanding_p": und["p_t"], "direction": verdict}
+        )  # fmt: skip
     return out
 
 
 def directions_markdown(directions: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| row | Δ GenEval strict | Δ clean VQA | both branches |", "|---|---|---|---|"]
+    lines = ["| row | Δ GenEval strict (p) | Δ clean VQA (p) | both branches |", "|---|---|---|---|"]
     for d in directions:
-        lines.append(
-            f"| {d['label']} | {_signed(d['generation'])} | {_signed(d['understanding'])} | {d['direction']} |"
-        )
+        gen = f"{_signed(d['generation'])} ({_p(d['generation_p'])})"
+        und = f"{_signed(d['understanding'])} ({_p(d['understanding_p'])})"
+        lines.append(f"| {d['label']} | {gen} | {und} | {d['direction']} |")
     return "\n".join(lines)
 
 
@@ -1201,7 +1205,9 @@ def results_markdown(record: Mapping[str, Any], table: str, paired: str = "", pl
         parts += [
             "## Both branches against the base\n",
             directions_markdown(record["directions"]) + "\n",
-            "Mean change over the seeds, percentage points; within ±0.5 counts as flat.\n",
+            "Mean paired change over the seeds, percentage points (paired t-test p). A branch goes up "
+            f"or down only when p < {DIRECTION_P}; a change inside the seed spread reads as no clear "
+            "change, whatever its sign.\n",
         ]
     if plot:
         parts.append(f"![{record['title']}]({plot})\n")

@@ -561,13 +561,19 @@ def test_internal_table_rows_and_unigame_after_csft_merges_that_seeds_csft_lora(
 
 
 def test_internal_table_pairs_rows_with_the_constant_base_and_reads_both_branches(tmp_path):
-    rows = [r for r in table_rows("internal") if r.name in ("baseline", "internal-sft", "internal-oracle")]
+    rows = [
+        r for r in table_rows("internal") if r.name in ("baseline", "internal-sft", "internal-oracle", "full")
+    ]
     columns = (("GenEval strict", "clean_vqa.accuracy"), ("clean VQA", "naturalbench.g_acc"))  # stand-ins
     results = [{"row": "baseline", "seed": -1, "eval_dir": _fake_eval(tmp_path / "b", 0.30, 0.50), "run_dir": None,
                 "train_s": 0, "eval_s": 1}]  # fmt: skip
     for row, values in (
-        ("internal-sft", [(0.32, 0.49), (0.34, 0.47)]),
-        ("internal-oracle", [(0.40, 0.52), (0.38, 0.51)]),
+        # generation +2/+3/+4 (p 0.035); understanding -1/-5/+2: a mean drop inside the spread
+        ("internal-sft", [(0.32, 0.49), (0.33, 0.45), (0.34, 0.52)]),
+        # +10/+8/+9 and +2/+2/+3 (p 0.004 and 0.020)
+        ("internal-oracle", [(0.40, 0.52), (0.38, 0.52), (0.39, 0.53)]),
+        # -2 on both at every seed: zero spread, the t-test is undefined, every seed moved down
+        ("full", [(0.28, 0.48), (0.28, 0.48), (0.28, 0.48)]),
     ):
         for seed, (gen, und) in enumerate(values):
             root = tmp_path / row / f"seed-{seed}"
@@ -576,14 +582,31 @@ def test_internal_table_pairs_rows_with_the_constant_base_and_reads_both_branche
     summary = summarize(rows, results, columns)
     comparisons = paired_comparisons(summary, columns, ("baseline", "internal-sft"))
     pairs = {(c["row"], c["reference"]): c for c in comparisons}
-    # Against the base's one value: differences +2 and +4 points for SFT's generation.
+    # Against the base's one value: differences +2, +3 and +4 points for SFT's generation.
     assert pairs[("internal-sft", "baseline")]["cells"]["GenEval strict"]["mean"] == pytest.approx(3.0)
-    assert pairs[("internal-sft", "baseline")]["n"] == 2
+    assert pairs[("internal-sft", "baseline")]["n"] == 3
     assert pairs[("internal-oracle", "internal-sft")]["cells"]["GenEval strict"]["mean"] == pytest.approx(6.0)
-    directions = {d["row"]: d for d in branch_directions(summary)}
-    assert directions["internal-sft"]["direction"] == "generation up, understanding down"  # −2 points VQA
+    directions = {d["row"]: d for d in branch_directions(summary, comparisons)}
+    # -1.3 points of VQA on average, but -1/-5/+2 over the seeds: not a direction
+    assert directions["internal-sft"]["direction"] == "generation up, understanding no clear change"
+    assert directions["internal-sft"]["understanding"] == pytest.approx(-4 / 3)
     assert directions["internal-oracle"]["direction"] == "co-improvement"
-    assert directions["internal-oracle"]["understanding"] == pytest.approx(1.5)
+    assert directions["internal-oracle"]["understanding"] == pytest.approx(7 / 3)
+    assert directions["internal-oracle"]["generation_p"] < 0.05
+    assert directions["full"]["direction"] == "co-degradation"
+    assert "baseline" not in directions
+
+
+def test_one_seed_directions_use_the_half_point_threshold_and_say_so(tmp_path):
+    rows = [r for r in table_rows("internal") if r.name in ("baseline", "internal-sft")]
+    columns = (("GenEval strict", "clean_vqa.accuracy"), ("clean VQA", "naturalbench.g_acc"))
+    results = [{"row": "baseline", "seed": -1, "eval_dir": _fake_eval(tmp_path / "b", 0.30, 0.50), "run_dir": None,
+                "train_s": 0, "eval_s": 1},
+               {"row": "internal-sft", "seed": 0, "eval_dir": _fake_eval(tmp_path / "s", 0.302, 0.40),
+                "run_dir": None, "train_s": 1, "eval_s": 1}]  # fmt: skip
+    summary = summarize(rows, results, columns)
+    (direction,) = branch_directions(summary, paired_comparisons(summary, columns, ("baseline",)))
+    assert direction["direction"] == "generation no clear change (1 seed), understanding down (1 seed)"
 
 
 def test_sigterm_to_the_grid_terminates_its_workers():
