@@ -223,7 +223,11 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("self-consistency acc.", "self_consistency.accuracy"),
         ("greedy acc., same questions", "self_consistency.greedy_accuracy"),
         ("proposed: judge can answer", "run.judge_answerable"),
+        ("judge can answer, first quarter of steps", "run.judge_answerable:first"),
+        ("judge can answer, last quarter", "run.judge_answerable:last"),
         ("proposed: majority right", "run.judge_majority_correct"),
+        ("majority right, first quarter", "run.judge_majority_correct:first"),
+        ("majority right, last quarter", "run.judge_majority_correct:last"),
         ("proposed: kept though easy", "run.kept_easy"),
     ),
     "schedule": _MAIN_COLUMNS,
@@ -608,12 +612,16 @@ def _run_value(run_dir: str | None, key: str) -> float | None:
     """A `run.` column of a run folder, or None when the run has none (the baseline; SFT's ε).
 
     `run.eps`: the last logged ε of metrics.csv, as is. `run.label_valid_*`: the run's mean from
-    label_validity.json, else the mean of that metrics.csv column; x100."""
+    label_validity.json, else the mean of that metrics.csv column; x100. A name ending in
+    `:first` or `:last` is that column's mean over the first or last quarter of the steps that
+    logged it, which shows a drift over training (e.g. a Proposer turning to unanswerable questions)."""
     if run_dir is None:
         return None
-    name = key.removeprefix("run.")
+    name, _, window = key.removeprefix("run.").partition(":")
+    if window not in ("", "first", "last"):
+        raise ValueError(f"column key {key!r}: the window after ':' must be 'first' or 'last'")
     validity = Path(run_dir) / "label_validity.json"
-    if name != "eps" and validity.is_file():
+    if name != "eps" and not window and validity.is_file():
         value = json.loads(validity.read_text()).get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return 100 * float(value)
@@ -625,6 +633,9 @@ def _run_value(run_dir: str | None, key: str) -> float | None:
     finite = [float(c) for c in cells if c and math.isfinite(float(c))]
     if not finite:
         return None
+    if window:
+        quarter = max(1, len(finite) // 4)
+        finite = finite[:quarter] if window == "first" else finite[-quarter:]
     return finite[-1] if name == "eps" else 100 * float(np.mean(finite))
 
 

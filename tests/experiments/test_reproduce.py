@@ -709,3 +709,19 @@ def test_the_schedule_grid_command_parses(monkeypatch):
     assert {k: seen[k] for k in ("table", "split", "seeds", "workers", "threads")} == {
         "table": "schedule", "split": "val", "seeds": 3, "workers": 2, "threads": 1,
     }  # fmt: skip
+
+
+def test_run_columns_read_the_first_or_last_quarter_of_the_logged_steps(tmp_path):
+    """`run.<col>:first` / `:last`: the mean over the first / last quarter of the steps that logged
+    the column (empty cells, steps of the other phase, do not count); a drift the run mean hides."""
+    from unigame.reproduce import _run_value
+
+    lines = ["step,judge_answerable"] + [f"{step},{'' if step % 2 else value}" for step, value in
+                                         enumerate([0.9, 0, 0.9, 0, 0.7, 0, 0.5, 0, 0.3, 0, 0.1, 0, 0.1, 0, 0.1])]  # fmt: skip
+    (tmp_path / "metrics.csv").write_text("\n".join(lines) + "\n")
+    # logged at the even steps: 0.9 0.9 0.7 0.5 0.3 0.1 0.1 0.1 -> quarters of 2 values
+    assert _run_value(str(tmp_path), "run.judge_answerable") == pytest.approx(45.0)
+    assert _run_value(str(tmp_path), "run.judge_answerable:first") == pytest.approx(90.0)
+    assert _run_value(str(tmp_path), "run.judge_answerable:last") == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="'first' or 'last'"):
+        _run_value(str(tmp_path), "run.judge_answerable:middle")
