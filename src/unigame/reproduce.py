@@ -813,8 +813,8 @@ def paired_comparisons(
     return comparisons
 
 
-def _signed(value: float) -> str:
-    return f"{round(value, 1) + 0.0:+.1f}"  # + 0.0: -0.04 shows as +0.0, not -0.0
+def _signed(value: float, digits: int = 1) -> str:
+    return f"{round(value, digits) + 0.0:+.{digits}f}"  # + 0.0: -0.04 shows as +0.0, not -0.0
 
 
 def _p(value: float | None) -> str:
@@ -825,19 +825,24 @@ def comparisons_markdown(comparisons: Sequence[Mapping[str, Any]], columns: Sequ
     """One line per (row, reference): mean paired difference ± se (paired-t p / sign-test p)."""
     if not comparisons:
         return ""
-    labels = [label for label, key in columns if not key.startswith("run.")]
-    lines = ["| row − reference | pairs | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    shown = [(label, key) for label, key in columns if not key.startswith("run.")]
+    lines = [
+        "| row − reference | pairs | " + " | ".join(label for label, _ in shown) + " |",
+        "|---|---|" + "---|" * len(shown),
+    ]
     for comparison in comparisons:
         cells = []
-        for label in labels:
+        for label, key in shown:
             cell = comparison["cells"][label]
+            digits = 2 if key in NATS_COLUMNS else 1  # nats differ in the second decimal
             if cell["n"] == 0:
                 cells.append("–")
             elif cell["se"] is None:
-                cells.append(f"{_signed(cell['mean'])} (1 pair)")
+                cells.append(f"{_signed(cell['mean'], digits)} (1 pair)")
             else:
                 cells.append(
-                    f"{_signed(cell['mean'])} ± {cell['se']:.1f} (p {_p(cell['p_t'])} / {_p(cell['p_sign'])})"
+                    f"{_signed(cell['mean'], digits)} ± {cell['se']:.{digits}f} "
+                    f"(p {_p(cell['p_t'])} / {_p(cell['p_sign'])})"
                 )
         name = f"{comparison['label']} − {comparison['reference_label']}"
         lines.append(f"| {name} | {comparison['n']} | " + " | ".join(cells) + " |")

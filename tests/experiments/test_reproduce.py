@@ -725,3 +725,13 @@ def test_run_columns_read_the_first_or_last_quarter_of_the_logged_steps(tmp_path
     assert _run_value(str(tmp_path), "run.judge_answerable:last") == pytest.approx(10.0)
     with pytest.raises(ValueError, match="'first' or 'last'"):
         _run_value(str(tmp_path), "run.judge_answerable:middle")
+
+
+def test_paired_differences_of_nats_columns_keep_two_decimals():
+    """STE moves in hundredths of a nat: one decimal would print every change as +0.0 ± 0.0."""
+    cell = {"n": 3, "mean": -0.081, "se": 0.024, "p_t": 0.041, "p_sign": 0.25}
+    comparison = {"row": "asg", "label": "ASG", "reference": "baseline", "reference_label": "base", "n": 3,
+                  "cells": {"mean STE, shifted (nats)": cell, "clean VQA": dict(cell, mean=0.14, se=0.3)}}  # fmt: skip
+    columns = (("mean STE, shifted (nats)", "ste.shifted"), ("clean VQA", "clean_vqa.accuracy"))
+    line = comparisons_markdown([comparison], columns).splitlines()[2]
+    assert line == "| ASG − base | 3 | -0.08 ± 0.02 (p 0.041 / 0.250) | +0.1 ± 0.3 (p 0.041 / 0.250) |"
