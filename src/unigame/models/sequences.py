@@ -7,6 +7,8 @@ greedily with a KV cache. Nothing here knows where the image tokens come from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -91,6 +93,46 @@ def cache_argument(lm: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
+def _continue_ids(
+    lm: nn.Module,
+    lm_head: nn.Module,
+    embed: nn.Module,
+    embeds: Tensor,
+    mask: Tensor,
+    positions: Tensor,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    next_token: Callable[[Tensor, Tensor, int], Tensor],
+) -> list[list[int]]:
+    """The shared KV-cached decoding loop: `next_token(logits (B, V), done (B,), step)` picks each
+    step's ids; rows that have emitted EOS keep emitting it. One row of ids per sample, EOS cut."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    batch, device = embeds.shape[0], embeds.device
+    out_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        hidden = lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_argument(lm): cache},
+        ).last_hidden_state
+        next_ids = next_token(lm_head(hidden[:, -1]), done, step)  # (B,)
+        next_ids = torch.where(done, torch.full_like(next_ids, eos_id), next_ids)
+        out_ids[:, step] = next_ids
+        done |= next_ids == eos_id
+        if bool(done.all()):
+            break
+        embeds = embed(next_ids[:, None])  # (B, 1, D)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in out_ids.tolist()]
+
+
 @torch.no_grad()
 def greedy_ids(
     lm: nn.Module,
@@ -109,30 +151,10 @@ def greedy_ids(
     `lm` is the bare decoder (returns `last_hidden_state`), `lm_head` maps hidden states to the
     vocabulary and `embed` embeds the ids fed back.
     """
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    batch, device = embeds.shape[0], embeds.device
-    out_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        hidden = lm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_argument(lm): cache},
-        ).last_hidden_state
-        next_ids = lm_head(hidden[:, -1]).argmax(-1)  # (B,)
-        next_ids = torch.where(done, torch.full_like(next_ids, eos_id), next_ids)
-        out_ids[:, step] = next_ids
-        done |= next_ids == eos_id
-        if bool(done.all()):
-            break
-        embeds = embed(next_ids[:, None])  # (B, 1, D)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1
-    return [row[: row.index(eos_id)] if eos_id in row else row for row in out_ids.tolist()]
+    return _continue_ids(
+        lm, lm_head, embed, embeds, mask, positions, eos_id, pad_id, max_new_tokens,
+        lambda logits, done, step: logits.argmax(-1),
+    )  # fmt: skip
 
 
 def nucleus_sample(
@@ -178,33 +200,16 @@ def decode_ids(
     next-token distribution) at every step a row generated a token, EOS included: (B,
     max_new_tokens), NaN after a row's EOS. Arguments otherwise as in `greedy_ids`.
     """
-    from transformers import DynamicCache
+    entropies = torch.full((embeds.shape[0], max_new_tokens), float("nan"), device=embeds.device)
 
-    cache = DynamicCache()
-    batch, device = embeds.shape[0], embeds.device
-    out_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    entropies = torch.full((batch, max_new_tokens), float("nan"), device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        hidden = lm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_argument(lm): cache},
-        ).last_hidden_state
-        logits = lm_head(hidden[:, -1]).float()  # (B, V)
+    def sample_and_record(logits: Tensor, done: Tensor, step: int) -> Tensor:
+        logits = logits.float()  # (B, V)
         log_p = torch.log_softmax(logits, dim=-1)
         entropy = -(log_p.exp() * log_p).sum(-1)  # (B,)
         entropies[:, step] = torch.where(done, torch.full_like(entropy, float("nan")), entropy)
-        next_ids = nucleus_sample(logits, temperature, top_p, generator)  # (B,)
-        next_ids = torch.where(done, torch.full_like(next_ids, eos_id), next_ids)
-        out_ids[:, step] = next_ids
-        done |= next_ids == eos_id
-        if bool(done.all()):
-            break
-        embeds = embed(next_ids[:, None])  # (B, 1, D)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1
-    rows = [row[: row.index(eos_id)] if eos_id in row else row for row in out_ids.tolist()]
+        return nucleus_sample(logits, temperature, top_p, generator)
+
+    rows = _continue_ids(
+        lm, lm_head, embed, embeds, mask, positions, eos_id, pad_id, max_new_tokens, sample_and_record
+    )
     return rows, entropies
