@@ -129,7 +129,9 @@ def run_demo(
         recipe.logging.checkpoint_every = 0
     workers = workers or min(3, default_workers(1))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = plan_jobs([BASELINE, SFT, FULL], [0], recipe, base_path, out, "test", quick, threads)
+    # Longest first: UniGame's run is the critical path, so it starts at once and the base's
+    # evaluation fills the core that SFT frees.
+    jobs = plan_jobs([FULL, SFT, BASELINE], [0], recipe, base_path, out, "test", quick, threads)
     console.print(f"{len(jobs)} jobs, {workers} at a time; logs: {out}/<base|sft|full>/...")
 
     def done(result: dict[str, Any]) -> None:

@@ -863,8 +863,7 @@ def plot_sweeps(
     of the budget) and the label-validity means, where the runs have them.
 
     `panels`: (sweep, its values, its row names) in plotting order."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from unigame.plotting import agg_figure
 
     by_row = {entry["row"]: entry for entry in summary}
     columns = _shown(summary, columns)
@@ -872,9 +871,7 @@ def plot_sweeps(
     has_eps = any(key == LEARNED_EPS[1] for _, key in columns)
     validity = [(label, key) for label, key in columns if key in dict(LABEL_VALIDITY).values()]
     width = len(metrics) + has_eps + bool(validity)
-    fig = Figure(figsize=(3.2 * width, 2.9 * len(panels) + 0.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), width, squeeze=False)
+    fig, axes = agg_figure(len(panels), width, (3.2 * width, 2.9 * len(panels) + 0.5), layout="constrained")
     fig.suptitle(title)
 
     def stats(names: Sequence[str], label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from unigame.eval.report import (
     load_run,
     run_labels,
 )
+from unigame.plotting import agg_figure
 
 __all__ = ["CURVES", "ComparedRun", "find_training_run", "write_comparison"]
 
@@ -83,15 +84,6 @@ def _load(runs: Sequence[str | Path]) -> list[ComparedRun]:
 
 
 # ------------------------------------------------------------------------------------------ figures
-def _figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(rows, cols, squeeze=False)
-
-
 def _kind_groups(runs: Sequence[ComparedRun]) -> dict[str, list[str]]:
     """{"clean_vqa.per_kind": ["colour", "count", ...]}: groups of per-kind accuracies, kinds in order."""
     groups: dict[str, list[str]] = {}
@@ -104,7 +96,7 @@ def _kind_groups(runs: Sequence[ComparedRun]) -> dict[str, list[str]]:
 
 
 def _kind_bars(path: Path, runs: Sequence[ComparedRun], group: str, kinds: Sequence[str]) -> None:
-    fig, axes = _figure(1, 1, (max(5.0, 1.1 * len(kinds) * max(1, len(runs)) * 0.45 + 2), 3.4))
+    fig, axes = agg_figure(1, 1, (max(5.0, 1.1 * len(kinds) * max(1, len(runs)) * 0.45 + 2), 3.4))
     ax = axes[0, 0]
     width = 0.8 / max(1, len(runs))
     x = np.arange(len(kinds))
@@ -136,7 +128,7 @@ def _curves(path: Path, runs: Sequence[ComparedRun]) -> bool:
         return False
     cols = 2
     rows = -(-len(shown) // cols)
-    fig, axes = _figure(rows, cols, (10.0, 3.0 * rows))
+    fig, axes = agg_figure(rows, cols, (10.0, 3.0 * rows))
     for ax in axes.ravel()[len(shown) :]:
         ax.axis("off")
     for ax, (column, title) in zip(axes.ravel(), shown):

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from unigame.plotting import agg_figure, to_image
+
 __all__ = ["LabelCounts", "MetricsLogger", "hard_sample_panel", "plot_training_curves", "read_metrics"]
 
 
@@ -146,15 +148,6 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) if r[k] else np.nan for r in rows]) for k in rows[0]}
 
 
-def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 3.5)) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(rows, cols, squeeze=False)
-
-
 def _curve(ax: Any, steps: np.ndarray, values: np.ndarray, label: str) -> None:
     ok = np.isfinite(values)
     if ok.any():
@@ -175,7 +168,7 @@ def plot_training_curves(metrics_csv: str | Path, out_dir: str | Path) -> list[P
     steps = data["step"]
     written = []
     if "eps" in data:
-        fig, axes = _figure()
+        fig, axes = agg_figure()
         ax = axes[0, 0]
         _curve(ax, steps, data["eps"], "ε")
         ax.set_xlabel("step")
@@ -184,7 +177,7 @@ def plot_training_curves(metrics_csv: str | Path, out_dir: str | Path) -> list[P
         fig.tight_layout()
         fig.savefig(out / "eps.png")
         written.append(out / "eps.png")
-    fig, axes = _figure(1, 2, (10.0, 3.5))
+    fig, axes = agg_figure(1, 2, (10.0, 3.5))
     left, right = axes[0]
     for name, label in (("ce_adv", "challenger: CE on x̃ (ascends)"), ("loss_challenge", "L_C = CE − λ‖δ‖²")):
         if name in data:
@@ -209,10 +202,6 @@ def plot_training_curves(metrics_csv: str | Path, out_dir: str | Path) -> list[P
     return written
 
 
-def _to_image(pixels: Tensor) -> np.ndarray:
-    return pixels.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
-
-
 def hard_sample_panel(
     path: str | Path,
     clean: Tensor,
@@ -231,15 +220,15 @@ def hard_sample_panel(
     judge still reads the answer from x̃ ("judge: ok" / "judge: label lost"); None: not shown.
     """
     k = clean.shape[0]
-    fig, axes = _figure(max(k, 1), 2, (6.0, 2.8 * max(k, 1)))
+    fig, axes = agg_figure(max(k, 1), 2, (6.0, 2.8 * max(k, 1)))
     for i in range(k):
         ax_clean, ax_adv = axes[i]
-        ax_clean.imshow(_to_image(clean[i]), interpolation="nearest")
+        ax_clean.imshow(to_image(clean[i]), interpolation="nearest")
         ax_clean.set_title(
             f"{questions[i]}\nanswer '{answers[i]}' | clean pred '{predictions_clean[i]}'", fontsize=7
         )
         if adversarial is not None:
-            ax_adv.imshow(_to_image(adversarial[i]), interpolation="nearest")
+            ax_adv.imshow(to_image(adversarial[i]), interpolation="nearest")
             pred = predictions_adversarial[i] if predictions_adversarial is not None else "n/a"
             verdict = "" if judged is None else " | judge: " + ("ok" if judged[i] else "label lost")
             ax_adv.set_title(f"adversarial x̃ (H = {hardness[i]:.2f})\npred '{pred}'{verdict}", fontsize=7)

@@ -173,6 +173,44 @@ def test_short_run_trains_lora_only_and_resumes_bitwise(tmp_path, make_janus, re
     assert a["loss"].tobytes() == b["loss"].tobytes()
 
 
+def test_a_stop_mid_round_drops_the_round_and_the_resumed_run_matches_an_uninterrupted_one(
+    tmp_path, make_janus, records
+):
+    import signal
+
+    from unigame.train.signals import StopRequest
+
+    cfg = dict(steps=3, accept=0.1575)  # round 0: 18 images in two sampling batches of 9
+    whole = _trainer(tmp_path, make_janus(), records, internal_config(**cfg), "whole")
+    whole.train()
+    whole.cleanup()
+
+    first = _trainer(tmp_path, make_janus(), records, internal_config(**cfg), "split")
+    stop, sample = StopRequest(), first.adapter.generate_codes
+    generator_before = first.generation_generator.get_state()
+
+    def sample_then_signal(*args, **kwargs):
+        stop.signum = signal.SIGTERM  # arrives while the round's first batch is being sampled
+        return sample(*args, **kwargs)
+
+    first.adapter.generate_codes = sample_then_signal
+    first.train(stop=stop)
+    assert first.step == 0 and first.rounds_done == 0
+    assert first.pool.size("sft") == 0 and not first.pool.rounds  # no part of the round kept
+    assert torch.equal(first.generation_generator.get_state(), generator_before)
+    checkpoint = first.save_checkpoint()
+    first.cleanup()
+
+    resumed = InternalSupervisionTrainer(internal_config(**cfg), tmp_path / "split", make_janus(), records)
+    resumed.setup(resume=checkpoint)
+    resumed.train()
+    resumed.cleanup()
+    assert resumed.rounds_done == 1 and resumed.pool.size("sft") == whole.pool.size("sft") > 0
+    expected, got = whole.trainable_state(), resumed.trainable_state()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
 def test_a_round_with_nothing_accepted_is_logged_and_the_run_goes_on(tmp_path, make_janus, records):
     trainer = _trainer(tmp_path, make_janus(), records, internal_config(steps=3, accept=0.999))
     with pytest.warns(UserWarning, match="accepted none of its 18 images"):

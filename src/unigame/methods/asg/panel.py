@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from unigame.train.run_logging import _figure, _to_image
+from unigame.plotting import agg_figure, to_image
 
 __all__ = ["question_panel"]
 
@@ -29,7 +29,7 @@ def question_panel(path: str | Path, pixels: Tensor, rows: Sequence[Mapping[str,
     k = len(rows)
     cols = min(4, max(k, 1))
     grid = (k + cols - 1) // cols
-    fig, axes = _figure(max(grid, 1), cols, (3.6 * cols, 3.4 * max(grid, 1)))
+    fig, axes = agg_figure(max(grid, 1), cols, (3.6 * cols, 3.4 * max(grid, 1)))
     for i in range(grid * cols):
         ax = axes[i // cols][i % cols]
         ax.set_xticks([])
@@ -38,7 +38,7 @@ def question_panel(path: str | Path, pixels: Tensor, rows: Sequence[Mapping[str,
             ax.axis("off")
             continue
         row = rows[i]
-        ax.imshow(_to_image(pixels[i]), interpolation="nearest")
+        ax.imshow(to_image(pixels[i]), interpolation="nearest")
         if not row["judged"]:
             truth = ""
         elif row["truth"] is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from unigame.train.run_logging import _figure, _to_image
+from unigame.plotting import agg_figure, to_image
 
 __all__ = ["pair_panel"]
 
@@ -24,11 +24,11 @@ def pair_panel(
     """A PNG with one row per prompt: chosen | rejected image, each titled with the model's P(yes) and
     (ShapesWorld) the exact judge's verdict. chosen, rejected: (K, 3, H, W); scores, judged: (K, 2)."""
     k = chosen.shape[0]
-    fig, axes = _figure(max(k, 1), 2, (6.0, 2.6 * max(k, 1)))
+    fig, axes = agg_figure(max(k, 1), 2, (6.0, 2.6 * max(k, 1)))
     for i in range(k):
         for j, (name, images) in enumerate((("chosen", chosen), ("rejected", rejected))):
             ax = axes[i][j]
-            ax.imshow(_to_image(images[i]), interpolation="nearest")
+            ax.imshow(to_image(images[i]), interpolation="nearest")
             verdict = "" if judged is None else " | judge: " + ("shows it" if bool(judged[i, j]) else "wrong")
             title = f"{prompts[i]}\n" if j == 0 else "\n"
             ax.set_title(f"{title}{name}: P(yes) {float(scores[i, j]):.2f}{verdict}", fontsize=7)

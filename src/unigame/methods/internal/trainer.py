@@ -122,7 +122,8 @@ class InternalSupervisionTrainer(Trainer):
                 prompt_ids = (
                     list(range(len(self.prompts))) if self.rounds_done == 0 else list(self.pool.discard)
                 )
-                self.sample_round(prompt_ids, metrics)
+                if not self.sample_round(prompt_ids, metrics, stop):
+                    break  # stopped mid-round: the checkpoint has no part of it; a resume redoes it
                 self.rounds_done += 1
             kind = "dpo" if self.dpo else "sft"
             metrics.update(pairs=self.pool.size(kind), discard_pool=len(self.pool.discard))
@@ -152,16 +153,27 @@ class InternalSupervisionTrainer(Trainer):
         )
 
     @torch.no_grad()
-    def sample_round(self, prompt_ids: list[int], metrics: dict[str, float]) -> None:
+    def sample_round(
+        self, prompt_ids: list[int], metrics: dict[str, float], stop: StopRequest | None = None
+    ) -> bool:
         """Sample N images per prompt with the current model, score each with its own P(yes) (and the
-        exact judge, for ShapesWorld prompts), and add the round to the pool."""
+        exact judge, for ShapesWorld prompts), and add the round to the pool.
+
+        A round takes minutes on a large prompt set, so `stop` is checked between sampling batches:
+        then the round is dropped whole and the sampling generator rewound, so that the checkpoint
+        saved next is the state before the round and a resumed run redoes it exactly. Returns
+        whether the round completed."""
         it = self.cfg.internal
+        generator_state = self.generation_generator.get_state()
         n = it.candidates
         texts = [self.prompts[i].text for i in prompt_ids for _ in range(n)]
         specs = [self.prompts[i].spec for i in prompt_ids for _ in range(n)]
         codes, p_yes, judged = [], [], []
         with self._autocast(), self._lora_dropout(False):
             for start in range(0, len(texts), it.sample_batch_size):
+                if stop:
+                    self.generation_generator.set_state(generator_state)
+                    return False
                 batch = texts[start : start + it.sample_batch_size]
                 sampled = self.adapter.generate_codes(
                     batch,
@@ -200,6 +212,7 @@ class InternalSupervisionTrainer(Trainer):
             round_mean_p_yes=stats.mean_p_yes,
             round_judge_precision=float("nan") if stats.judge_precision is None else stats.judge_precision,
         )
+        return True
 
     def _reference_log_probs(self, prompt_ids: list[int], codes: Tensor, p_yes: Tensor) -> Tensor:
         """(P, 2) summed log p(chosen), log p(rejected) under the frozen reference (LoRA off)."""
