@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from unigame.files import write_atomic
 from unigame.train.config import TrainConfig
 
 __all__ = [
@@ -527,7 +528,7 @@ def _train_and_evaluate(job: Job) -> dict[str, Any]:
             )  # fmt: skip
             timings["eval_s"] = time.perf_counter() - start
             did_work = True
-    timings_path.write_text(json.dumps(timings))
+    write_atomic(timings_path, json.dumps(timings))
     return {
         "row": job.row, "seed": job.seed, "eval_dir": job.eval_dir, "run_dir": job.run_dir,
         "reused": not did_work, **timings,
@@ -1130,9 +1131,10 @@ def reproduce(
     written = [out / f"{name}.md", out / f"{name}.json"]
     if panels:
         written.append(plot_sweeps(out / f"{name}.png", title, panels, summary, columns))
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
-    (out / f"{name}.md").write_text(
-        results_markdown(record, text, paired, plot=written[2].name if panels else None)
+    # Atomic: a grid stopped while writing keeps its previous table, never half of one.
+    write_atomic(out / f"{name}.json", json.dumps(record, indent=2))
+    write_atomic(
+        out / f"{name}.md", results_markdown(record, text, paired, plot=written[2].name if panels else None)
     )
     console.print("\n" + text + ("\n\n" + paired if paired else ""))
     console.print(f"\nWrote {', '.join(str(p) for p in written)} ({wall / 60:.1f} min)")

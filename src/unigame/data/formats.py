@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from unigame.data.loaders import GenEvalPrompt, load_image
 from unigame.data.records import VQARecord
+from unigame.files import write_atomic
 
 if TYPE_CHECKING:
     import datasets
@@ -50,18 +50,6 @@ class VQAv2Files:
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -178,8 +166,8 @@ def write_vqav2(records: Sequence[VQARecord], out_dir: PathLike, split: str = "v
         "questions": questions,
     }
     adoc = {"info": info, "license": {}, "data_subtype": split, "annotations": annotations}
-    _write_atomic(files.questions_json, json.dumps(qdoc))
-    _write_atomic(files.annotations_json, json.dumps(adoc))
+    write_atomic(files.questions_json, json.dumps(qdoc))
+    write_atomic(files.annotations_json, json.dumps(adoc))
     return files
 
 
@@ -210,7 +198,7 @@ def write_pope(records: Sequence[VQARecord], path: PathLike, images_dir: PathLik
         rows.append(
             {"question_id": _qid(record.id), "image": names[key], "text": record.question, "label": label}
         )
-    _write_atomic(path, _jsonl(rows))
+    write_atomic(path, _jsonl(rows))
     return path
 
 
@@ -287,7 +275,7 @@ def write_naturalbench(records: Sequence[VQARecord], out_dir: PathLike) -> Path:
         row["Question_Type"] = _nb_question_type(items[(0, 0)], [r.answer for r in items.values()])
         rows.append(row)
     path = out / "naturalbench.jsonl"
-    _write_atomic(path, _jsonl(rows))
+    write_atomic(path, _jsonl(rows))
     return path
 
 
@@ -327,7 +315,7 @@ def write_geneval_images(
                     f"GenEval prompt #{position}, image {k}: expected (H, W, 3) uint8, got {arr.shape} {arr.dtype}"
                 )
             _save_png(arr, folder / "samples" / f"{k:04d}.png")
-        _write_atomic(folder / "metadata.jsonl", json.dumps(metadata) + "\n")
+        write_atomic(folder / "metadata.jsonl", json.dumps(metadata) + "\n")
         folders.append(folder)
     return folders
 

@@ -27,12 +27,12 @@ import numpy as np
 
 from unigame.eval.report import (
     METRICS_FILE,
-    _write_atomic,
     compare_runs,
     flatten_metrics,
     load_run,
     run_labels,
 )
+from unigame.files import write_atomic
 from unigame.plotting import agg_figure
 
 __all__ = ["CURVES", "ComparedRun", "find_training_run", "write_comparison"]
@@ -231,6 +231,6 @@ def write_comparison(runs: Sequence[str | Path], output: str | Path) -> dict[str
     page.append("</body></html>")
 
     paths = {"markdown": out / "compare.md", "html": out / "compare.html"}
-    _write_atomic(paths["markdown"], "\n".join(md).encode())
-    _write_atomic(paths["html"], "\n".join(page).encode())
+    write_atomic(paths["markdown"], "\n".join(md).encode())
+    write_atomic(paths["html"], "\n".join(page).encode())
     return paths

@@ -25,9 +25,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import platform
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -37,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from unigame.eval.common import SuiteResult
+from unigame.files import write_atomic
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -184,18 +183,6 @@ def load_run(path: str | Path) -> dict[str, Any]:
             f"({SCHEMA_VERSION}); upgrade unigame"
         )
     return record
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -504,7 +491,7 @@ def write_run(
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(out, record, panels or {})
     paths = {"metrics": out / METRICS_FILE, "markdown": out / "report.md", "html": out / "report.html"}
-    _write_atomic(paths["metrics"], (json.dumps(record, indent=2) + "\n").encode())
-    _write_atomic(paths["markdown"], markdown_report(record, figures).encode())
-    _write_atomic(paths["html"], html_report(record, out, figures).encode())
+    write_atomic(paths["metrics"], (json.dumps(record, indent=2) + "\n").encode())
+    write_atomic(paths["markdown"], markdown_report(record, figures).encode())
+    write_atomic(paths["html"], html_report(record, out, figures).encode())
     return paths | {name: out / name for name, _ in figures}
