@@ -145,19 +145,26 @@ TABLE_REFERENCES: dict[str, tuple[str, ...]] = {
 }
 
 TABLES: dict[str, tuple[Row, ...]] = {
+    # Each ablation row is also paired with the row it adds one component to (paired_with), so the
+    # table says what each component buys: the adversary's space (noise -> embedding -> decoding),
+    # the filter (none -> cosine -> CLIP), the buffer, and the decoding (residual -> direct).
     "4": (
         BASELINE,
         SFT,
         SFT_EQUAL,
         Row("noise", "random noise in token space", _NOISE),
-        Row("embedding", "embedding-adversarial", {**_EMBEDDING, "game.filter": "none", "game.buffer": False}),
-        Row("embedding-cosine", "embedding-adversarial + cosine", {**_EMBEDDING, "game.filter": "cosine", "game.buffer": False}),
-        Row("embedding-cosine-buffer", "embedding-adversarial + cosine + buffer", {**_EMBEDDING, "game.filter": "cosine"}),
-        Row("decoding", "decoding only", {"game.filter": "none", "game.buffer": False}),
-        Row("decoding-cosine", "decoding + cosine", {"game.filter": "cosine", "game.buffer": False}),
-        Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}),
-        FULL,
-        FULL_DIRECT,
+        Row("embedding", "embedding-adversarial", {**_EMBEDDING, "game.filter": "none", "game.buffer": False},
+            paired_with="noise"),
+        Row("embedding-cosine", "embedding-adversarial + cosine", {**_EMBEDDING, "game.filter": "cosine", "game.buffer": False},
+            paired_with="embedding"),
+        Row("embedding-cosine-buffer", "embedding-adversarial + cosine + buffer", {**_EMBEDDING, "game.filter": "cosine"},
+            paired_with="embedding-cosine"),
+        Row("decoding", "decoding only", {"game.filter": "none", "game.buffer": False}, paired_with="embedding"),
+        Row("decoding-cosine", "decoding + cosine", {"game.filter": "cosine", "game.buffer": False},
+            paired_with="decoding"),
+        Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}, paired_with="decoding-cosine"),
+        Row(FULL.name, FULL.label, FULL.overrides, paired_with="decoding-clip"),
+        Row(FULL_DIRECT.name, FULL_DIRECT.label, FULL_DIRECT.overrides, paired_with="full"),
         EPS0,
         OFFICIAL,
     ),

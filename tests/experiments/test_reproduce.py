@@ -90,6 +90,32 @@ def test_table4_rows_are_the_papers_ablation_switches_and_the_controls():
     assert [r.name for r in TABLES["main"]] == ["baseline", "sft", "full"]
 
 
+def test_table4_pairs_each_ablation_row_with_the_row_it_adds_one_component_to():
+    rows = {row.name: row for row in TABLES["4"]}
+
+    def game(name):
+        return apply_overrides(TrainConfig(), rows[name].overrides_for(TrainConfig())).validate().game
+
+    added = {
+        name: {key for key, value in vars(game(name)).items() if value != getattr(game(row.paired_with), key)}
+        for name, row in rows.items()
+        if row.paired_with
+    }
+    assert added == {
+        "embedding": {"adversary"},  # the adversary's space: noise -> embedding -> decoding
+        "decoding": {"adversary"},
+        "embedding-cosine": {"filter"},
+        "decoding-cosine": {"filter"},
+        "decoding-clip": {"filter"},  # cosine -> CLIP
+        "embedding-cosine-buffer": {"buffer"},
+        "full": {"buffer"},
+        "full-direct": {"residual_decode"},
+    }
+    assert {name: rows[name].paired_with for name in ("embedding", "decoding", "full")} == {
+        "embedding": "noise", "decoding": "embedding", "full": "decoding-clip",
+    }  # fmt: skip
+
+
 # The two controls, checked by their overrides here and through plan_jobs below.
 CONTROLS = ("sft-equal", "eps0")
 
