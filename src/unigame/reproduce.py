@@ -279,7 +279,7 @@ def table_rows(table: str, best: Mapping[str, Any] | None = None) -> list[Row]:
         if "game.eps_max" in best and "game.eps_init" not in best:
             best["game.eps_init"] = best["game.eps_max"] / 2  # as the budget sweep trained that point
         shown = ", ".join(f"{k}={v}" for k, v in best.items())
-        rows.append(Row("best", f"best: full + {shown}", best))
+        rows.append(Row("best", f"best: full + {shown}", best, paired_with="full"))  # vs the paper default
     elif best:
         raise ValueError(f"--best applies to --table confirm only (got --table {table})")
     return rows

@@ -149,6 +149,7 @@ def test_confirm_table_adds_best_as_full_plus_the_given_overrides(tmp_path):
     assert [r.name for r in rows] == ["baseline", "sft", "sft-equal", "eps0", "full", "best"]
     # ε_init follows ε_max as the budget sweep trained that point (ε_max / 2)
     assert rows[-1].label == "best: full + game.eps_max=0.1, game.beta=1.0, game.eps_init=0.05"
+    assert rows[-1].paired_with == "full"  # also compared, seed by seed, with the paper default
     jobs = plan_jobs([rows[-1]], [2], TrainConfig(), tmp_path / "base", tmp_path / "out")
     cfg = jobs[0].cfg
     assert (cfg.game.enabled, cfg.game.eps_max, cfg.game.eps_init, cfg.game.beta, cfg.game.adversary) == (
