@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -163,8 +163,8 @@ TABLES: dict[str, tuple[Row, ...]] = {
         Row("decoding-cosine", "decoding + cosine", {"game.filter": "cosine", "game.buffer": False},
             paired_with="decoding"),
         Row("decoding-clip", "decoding + CLIP", {"game.buffer": False}, paired_with="decoding-cosine"),
-        Row(FULL.name, FULL.label, FULL.overrides, paired_with="decoding-clip"),
-        Row(FULL_DIRECT.name, FULL_DIRECT.label, FULL_DIRECT.overrides, paired_with="full"),
+        replace(FULL, paired_with="decoding-clip"),
+        replace(FULL_DIRECT, paired_with="full"),
         EPS0,
         OFFICIAL,
     ),
