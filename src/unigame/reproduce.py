@@ -340,9 +340,9 @@ FIGURES: dict[str, tuple[str, tuple[Sweep, ...]]] = {
             Sweep("tau", "τ percentile", (40.0, 60.0, 80.0), functools.partial(_key_point, "game.percentile"), log_x=False),
         ),
     ),
-    "lr": (
+    "lr": (  # 5: the tiny recipe's own ratio (5e-3 / 1e-3); 250: the paper's (5e-3 / 2e-5)
         "learning-rate ratio gen_lr / und_lr at the recipe's und_lr (paper Table 8)",
-        (Sweep("lr", "gen_lr / und_lr", (25.0, 100.0, 250.0, 1000.0), _lr_ratio_point),),
+        (Sweep("lr", "gen_lr / und_lr", (5.0, 25.0, 100.0, 250.0, 1000.0), _lr_ratio_point),),
     ),
 }  # fmt: skip
 
@@ -570,13 +570,51 @@ def forward_termination(pool: ProcessPoolExecutor) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# A training step's cost in SFT steps on the tiny Janus (docs/results/step_cost.md), and an
+# evaluation's in SFT steps: only to start the longest jobs first, so none is left alone at the end.
+_STEP_COST = {
+    "sft": 1.0,
+    "decoder": 8.0,
+    "embedding": 3.0,
+    "noise": 3.0,
+    "official": 14.0,
+    "internal/asg": 6.0,
+}
+_EVAL_COST = 150.0
+
+
+def expected_cost(job: Job) -> float:
+    """A job's rough cost in SFT steps (0 once its evaluation is on disk), for ordering only."""
+    if (Path(job.eval_dir) / "metrics.json").is_file():
+        return 0.0
+    cfg = job.cfg
+    if cfg is None:
+        return _EVAL_COST
+    if cfg.method != "unigame":
+        per_step = _STEP_COST["internal/asg"]
+    elif not cfg.game.enabled:
+        per_step = _STEP_COST["sft"] * (1 + cfg.data.extra_clean_items / cfg.data.batch_size)
+    elif cfg.game.mining == "official":
+        per_step = _STEP_COST["official"]
+    else:
+        per_step = _STEP_COST[cfg.game.adversary]
+    done = _steps_done(Path(job.run_dir)) if job.run_dir else 0
+    return max(cfg.optim.steps - done, 0) * per_step + _EVAL_COST
+
+
+def _steps_done(run_dir: Path) -> int:
+    names = [p.name.removeprefix("step-") for p in (run_dir / "checkpoints").glob("step-*")]
+    return max((int(n) for n in names if n.isdigit()), default=0)
+
+
 def run_jobs(
     jobs: Sequence[Job], workers: int, on_done: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict]:
-    """Run `jobs` on `workers` processes (1: in this process); results in order of submission.
+    """Run `jobs` on `workers` processes (1: in this process, in order); results in order of `jobs`.
 
-    A failing job does not stop the others: once all have run, `GridError` names every failed job
-    and its log, and a rerun reuses what finished."""
+    With several workers the longest jobs start first (`expected_cost`): a grid whose longest job
+    came last would end with it running alone. A failing job does not stop the others: once all
+    have run, `GridError` names every failed job and its log, and a rerun reuses what finished."""
     results: list[dict[str, Any]] = []
     failures: list[str] = []
 
@@ -599,7 +637,8 @@ def run_jobs(
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
             forward_termination(pool),
         ):
-            futures = {pool.submit(run_job, job): job for job in jobs}
+            longest_first = sorted(jobs, key=expected_cost, reverse=True)  # stable: ties keep order
+            futures = {pool.submit(run_job, job): job for job in longest_first}
             for future in as_completed(futures):
                 finished(futures[future], future.result)
     if failures:
@@ -991,7 +1030,7 @@ def reproduce(
         figure: a sweep on the val split, each point a UniGame row, with an SFT reference band:
             `budget` (ε_max 0.005-0.5, ε_init = ε_max/2, with the ε the gate learned), `noise`
             (random token noise at σ = 0.01-0.5), `beta` (β 0.1-2 and τ percentile 40/60/80) or
-            `lr` (gen_lr/und_lr 25-1000 at the recipe's und_lr).
+            `lr` (gen_lr/und_lr 5-1000 at the recipe's und_lr; 5 is the tiny recipe's, 250 the paper's).
         seeds: training seeds per row (seeds first_seed .. first_seed+seeds-1), >= 1.
         first_seed: the first training seed.
         steps: post-training steps per run (optim.steps).
@@ -1014,7 +1053,7 @@ def reproduce(
             e.g. `--values 0.02 0.1 0.5`.
         percentiles: `--figure beta` only: the τ percentiles of its second sweep (default 40 60 80).
         quick: tiny evaluation sizes (a smoke test, not a result).
-        workers: runs at a time (0: one per `threads` cores, at most 8).
+        workers: runs at a time (0: one per `threads` cores, at most 8); the longest start first.
         threads: torch threads per run.
     """
     from rich.console import Console

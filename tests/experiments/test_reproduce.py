@@ -194,7 +194,7 @@ def test_figure_rows_sweep_one_setting_each_beside_one_sft_reference(tmp_path):
     }  # fmt: skip
     lr = planned("lr")
     assert {n: c.optim.gen_lr for n, c in lr.items()} == pytest.approx(
-        {"lr-25": 0.05, "lr-100": 0.2, "lr-250": 0.5, "lr-1000": 2.0}
+        {"lr-5": 0.01, "lr-25": 0.05, "lr-100": 0.2, "lr-250": 0.5, "lr-1000": 2.0}
     )  # ratio x the recipe's und_lr
     assert all(c.optim.und_lr == 2e-3 for c in lr.values())
     with pytest.raises(ValueError, match="--percentiles applies to --figure beta only"):
@@ -372,6 +372,55 @@ def test_a_failing_job_does_not_stop_the_grid_and_is_named_with_its_log(tmp_path
     ):
         grid.run_jobs(jobs, workers=1)
     assert ran == ["sft", "noise"]  # the second job still ran
+
+
+def test_a_grid_with_several_workers_starts_its_longest_jobs_first(tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    from unigame import reproduce as grid
+
+    rows = [r for r in TABLES["4"] if r.name in ("baseline", "sft", "noise", "full", "official")]
+    jobs = plan_jobs(rows, [0], TrainConfig(), tmp_path / "base", tmp_path / "out")
+    assert [j.row for j in jobs] == ["baseline", "sft", "noise", "full", "official"]
+    submitted = []
+
+    class RecordingPool:  # runs each job at once, in the order it is submitted
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, job):
+            submitted.append(job.row)
+            future = Future()
+            future.set_result({"row": job.row, "seed": job.seed})
+            return future
+
+    monkeypatch.setattr(grid, "ProcessPoolExecutor", RecordingPool)
+    results = grid.run_jobs(jobs, workers=2)
+    assert submitted == ["official", "full", "noise", "sft", "baseline"]
+    assert [r["row"] for r in results] == ["baseline", "sft", "noise", "full", "official"]
+
+
+def test_expected_cost_counts_what_is_left_on_disk(tmp_path):
+    from unigame.reproduce import expected_cost
+
+    (full,) = plan_jobs(
+        [r for r in TABLES["4"] if r.name == "full"], [0], TrainConfig(), tmp_path, tmp_path / "out"
+    )
+    untouched = expected_cost(full)
+    (Path(full.run_dir) / "checkpoints" / f"step-{full.cfg.optim.steps // 2:08d}").mkdir(parents=True)
+    half = expected_cost(full)
+    assert untouched > half > 0
+    (Path(full.run_dir) / "checkpoints" / f"step-{full.cfg.optim.steps:08d}").mkdir(parents=True)
+    assert 0 < expected_cost(full) < half  # trained: only its evaluation is left
+    Path(full.eval_dir).mkdir(parents=True)
+    (Path(full.eval_dir) / "metrics.json").write_text("{}")
+    assert expected_cost(full) == 0.0
 
 
 # ---------------------------------------------------------------------------- paired statistics
