@@ -295,7 +295,7 @@ class Sweep:
     point: Callable[[float, TrainConfig], Mapping[str, Any]]
     log_x: bool = True
     fixed: Mapping[str, Any] = field(default_factory=dict)  # overrides shared by every point
-    is_budget: bool = False  # the value is ε_max: report the ε the gate learned against it
+    is_budget: bool = False  # the value is ε_max: plot the ε the gate learned against it as the bound
 
     def rows(self, values: Sequence[float] | None = None) -> list[Row]:
         """One trained row per value (default: `self.values`)."""
@@ -1099,8 +1099,7 @@ def reproduce(
             (sweep, swept, [r.name for r in sweep.rows(swept)])
             for sweep, swept in figure_sweeps(figure, values, percentiles)
         ]
-        budget = any(sweep.is_budget for sweep, _, _ in panels)
-        columns = FIGURE_COLUMNS + ((LEARNED_EPS,) if budget else ()) + LABEL_VALIDITY
+        columns = FIGURE_COLUMNS + (LEARNED_EPS,) + LABEL_VALIDITY  # every point has a gate to learn
         name, title = f"figure-{figure}", f"Figure {figure}: {FIGURES[figure][0]}, on ShapesWorld (val split)"
         out = Path(output or "runs/reproduce-figures-val")
     base_recipe = TrainConfig()

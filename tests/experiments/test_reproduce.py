@@ -595,6 +595,28 @@ def test_a_figure_run_writes_its_plot_table_and_record(tmp_path, monkeypatch):
     assert [c for c, _ in FIGURE_COLUMNS] == [label for label, _ in record["columns"][: len(FIGURE_COLUMNS)]]
 
 
+def test_every_figure_reports_the_learned_eps_not_only_the_budget_sweeps(tmp_path, monkeypatch):
+    """A faster perturber (`--figure lr`) or another β moves the gate too: its ε is a column."""
+    from unigame import reproduce as grid
+
+    def fake_run_job(job):
+        _fake_eval(Path(job.eval_dir), 0.6, 0.1)
+        eps = [str(job.cfg.optim.gen_lr)] if job.cfg.game.enabled else None
+        _fake_run(Path(job.run_dir), eps=eps)
+        return {"row": job.row, "seed": job.seed, "eval_dir": job.eval_dir, "run_dir": job.run_dir,
+                "reused": False, "train_s": 1.0, "eval_s": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(grid, "run_job", fake_run_job)
+    out = tmp_path / "figures"
+    grid.reproduce(figure="lr", values=[25.0], seeds=1, steps=2, model=str(tmp_path / "base"), output=str(out),
+                   workers=1)  # fmt: skip
+    text = (out / "figure-lr.md").read_text()
+    assert (
+        "| row | seeds | clean VQA | POPE F1 | NB G-Acc | adversarial split | PGD 8/255 | learned ε |" in text
+    )
+    assert "| gen_lr / und_lr = 25 | 1 | 60.0 |" in text and "| 0.025 |" in text  # 25 x und_lr 1e-3
+
+
 def test_a_finished_run_with_another_config_is_not_reused(tmp_path):
     """A rerun into the same folder with other overrides must not report the old run as the new row."""
     import yaml
