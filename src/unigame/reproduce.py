@@ -598,13 +598,11 @@ def expected_cost(job: Job) -> float:
         per_step = _STEP_COST["official"]
     else:
         per_step = _STEP_COST[cfg.game.adversary]
-    done = _steps_done(Path(job.run_dir)) if job.run_dir else 0
+    from unigame.train.checkpoint import find_latest_checkpoint
+
+    latest = find_latest_checkpoint(job.run_dir) if job.run_dir else None
+    done = int(latest.name.removeprefix("step-")) if latest else 0
     return max(cfg.optim.steps - done, 0) * per_step + _EVAL_COST
-
-
-def _steps_done(run_dir: Path) -> int:
-    names = [p.name.removeprefix("step-") for p in (run_dir / "checkpoints").glob("step-*")]
-    return max((int(n) for n in names if n.isdigit()), default=0)
 
 
 def run_jobs(

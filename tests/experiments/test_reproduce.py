@@ -408,15 +408,21 @@ def test_a_grid_with_several_workers_starts_its_longest_jobs_first(tmp_path, mon
 
 def test_expected_cost_counts_what_is_left_on_disk(tmp_path):
     from unigame.reproduce import expected_cost
+    from unigame.train.checkpoint import checkpoint_dir
+
+    def checkpoint(step: int) -> None:  # a complete checkpoint is one with its state.json written
+        directory = checkpoint_dir(full.run_dir, step)
+        directory.mkdir(parents=True)
+        (directory / "state.json").write_text("{}")
 
     (full,) = plan_jobs(
         [r for r in TABLES["4"] if r.name == "full"], [0], TrainConfig(), tmp_path, tmp_path / "out"
     )
     untouched = expected_cost(full)
-    (Path(full.run_dir) / "checkpoints" / f"step-{full.cfg.optim.steps // 2:08d}").mkdir(parents=True)
+    checkpoint(full.cfg.optim.steps // 2)
     half = expected_cost(full)
     assert untouched > half > 0
-    (Path(full.run_dir) / "checkpoints" / f"step-{full.cfg.optim.steps:08d}").mkdir(parents=True)
+    checkpoint(full.cfg.optim.steps)
     assert 0 < expected_cost(full) < half  # trained: only its evaluation is left
     Path(full.eval_dir).mkdir(parents=True)
     (Path(full.eval_dir) / "metrics.json").write_text("{}")
